@@ -1,0 +1,225 @@
+"""The ``forgetkit`` command line: one sub-command per stage, each reading and writing artifacts."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from forgetkit import __version__
+from forgetkit.console import console
+from forgetkit.errors import ForgetkitError
+
+app = typer.Typer(
+    help="Make a language model forget specific data with small LoRA adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+TRUST = typer.Option(False, "--trust-remote-code", help="Allow model repositories to run their own code.")
+DTYPE = typer.Option("auto", "--model-dtype", help="Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")
+TRUNCATE = typer.Option(False, "--truncate", help="Cut sequences longer than the model's context instead of failing.")
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn ForgetkitError into 'error: ...' on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ForgetkitError as exc:
+            console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            console.print("[red]interrupted[/]: nothing was written")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"forgetkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """forgetkit: fisher -> init -> unlearn -> merge -> audit."""
+    from forgetkit.console import quiet_libraries
+
+    quiet_libraries()
+
+
+@app.command()
+@user_errors
+def fisher(
+    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    forget: str = typer.Argument(..., help="Forget set: .jsonl/.json/.csv or hf:ID[:CONFIG[:SPLIT]]."),
+    retain: str = typer.Option(..., "--retain", help="Retain set, same formats."),
+    output: Path = typer.Option(Path("fisher.safetensors"), "-o", "--output"),
+    targets: str = typer.Option("all", "--targets", help="all | attn | mlp | name,name"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    estimator: str = typer.Option("batch", "--estimator", help="batch (LoKU's reference) or example (per-example)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Storage dtype: bfloat16, float16 or float32."),
+    model_dtype: str = DTYPE,
+    truncate: bool = TRUNCATE,
+    trust_remote_code: bool = TRUST,
+) -> None:
+    """Diagonal Fisher of the NLL on the forget and retain sets, for every target weight."""
+    from forgetkit.stages.fisher import FisherParams, run_fisher
+
+    params = FisherParams(targets, batch_size, estimator, dtype, model_dtype, truncate)
+    run_fisher(model, forget, retain, output, params, trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@user_errors
+def init(
+    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    fisher: Optional[str] = typer.Option(None, "--fisher", help="Fisher artifact (needed by fila)."),
+    scheme: str = typer.Option("fila", "--scheme", help="Init scheme: fila, lora, pissa or a plugin."),
+    rank: int = typer.Option(8, "--rank"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (default 2 * rank)."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Default: the Fisher's targets."),
+    scheme_param: Optional[List[str]] = typer.Option(None, "--scheme-param", help="KEY=VALUE for the scheme."),
+    output: Path = typer.Option(Path("init"), "-o", "--output"),
+    seed: int = typer.Option(0, "--seed"),
+    model_dtype: str = DTYPE,
+    trust_remote_code: bool = TRUST,
+) -> None:
+    """Build the starting LoRA adapter (FILA: Fisher-weighted low-rank approximation)."""
+    from forgetkit.registry import parse_params
+    from forgetkit.stages.init import InitParams, run_init
+
+    params = InitParams(scheme, rank, alpha, targets, parse_params(scheme_param, "--scheme-param"), model_dtype, seed)
+    run_init(model, output, params, fisher=fisher, trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@user_errors
+def unlearn(
+    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    forget: str = typer.Argument(..., help="Forget set."),
+    retain: Optional[str] = typer.Option(None, "--retain", help="Retain set."),
+    init: Optional[str] = typer.Option(None, "--init", help="Init artifact from 'forgetkit init' (default: plain LoRA)."),
+    loss: str = typer.Option("ihl", "--loss", help="ihl, ga, gd, npo, kl, idk or a plugin."),
+    loss_param: Optional[List[str]] = typer.Option(None, "--loss-param", help="KEY=VALUE for the loss (e.g. beta=0.1)."),
+    output: Path = typer.Option(Path("adapter"), "-o", "--output"),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank when no --init is given."),
+    alpha: Optional[float] = typer.Option(None, "--alpha"),
+    targets: str = typer.Option("all", "--targets"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    epochs: int = typer.Option(5, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Effective batch size."),
+    micro_batch_size: int = typer.Option(8, "--micro-batch-size", help="Per forward pass; the rest is accumulation."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
+    seed: int = typer.Option(0, "--seed"),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out set for --until-forgotten."),
+    until_forgotten: bool = typer.Option(False, "--until-forgotten", help="Stop once forget EL10 and MA fall below the held-out set's."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),
+    model_dtype: str = DTYPE,
+    truncate: bool = TRUNCATE,
+    trust_remote_code: bool = TRUST,
+) -> None:
+    """Train a LoRA adapter that makes the model forget the forget set."""
+    from forgetkit.registry import parse_params
+    from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+    from forgetkit.training import TrainConfig
+
+    params = UnlearnParams(
+        loss=loss,
+        loss_params=parse_params(loss_param, "--loss-param"),
+        rank=rank,
+        alpha=alpha,
+        targets=targets,
+        train=TrainConfig(lr, epochs, batch_size, micro_batch_size, weight_decay, max_grad_norm, seed),
+        until_forgotten=until_forgotten,
+        model_dtype=model_dtype,
+        truncate=truncate,
+    )
+    run_unlearn(
+        model, forget, output, params, retain=retain, init=init, holdout=holdout, resume=resume,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+@app.command()
+@user_errors
+def merge(
+    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    adapter: str = typer.Argument(..., help="Adapter folder from 'forgetkit unlearn'."),
+    output: Path = typer.Option(Path("merged"), "-o", "--output"),
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size"),
+    model_dtype: str = DTYPE,
+    trust_remote_code: bool = TRUST,
+) -> None:
+    """Fold the adapter into the base weights (sharded safetensors, config, tokenizer)."""
+    from forgetkit.stages.merge import MergeParams, run_merge
+
+    run_merge(model, adapter, output, MergeParams(max_shard_size, model_dtype), trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@user_errors
+def audit(
+    model: str = typer.Argument(..., help="Model: Hub id or local folder."),
+    forget: str = typer.Option(..., "--forget", help="Forget set."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter to audit (the base is reported beside it)."),
+    retain: Optional[str] = typer.Option(None, "--retain"),
+    holdout: Optional[str] = typer.Option(None, "--holdout"),
+    output: Path = typer.Option(Path("report.json"), "-o", "--output"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    include_examples: bool = typer.Option(False, "--include-examples", help="Put record text and answers in the report."),
+    model_dtype: str = DTYPE,
+    truncate: bool = TRUNCATE,
+    trust_remote_code: bool = TRUST,
+) -> None:
+    """Extraction metrics (EL5, EL10, MA, ROUGE-L, NLL) on forget / retain / held-out sets."""
+    from forgetkit.stages.audit import AuditParams, run_audit
+
+    params = AuditParams(max_new_tokens, batch_size, 32, include_examples, model_dtype, truncate)
+    run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, adapter=adapter,
+              trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@user_errors
+def plugins() -> None:
+    """List the installed losses and init schemes (built-ins and plugins)."""
+    from forgetkit.registry import installed
+    from forgetkit.stages.common import table
+
+    from rich.console import Console
+
+    rows = [(p.kind, p.name, p.provider, p.target) for p in installed()]
+    Console(width=200).print(table("Installed plugins", ["kind", "name", "provider", "object"], rows))
+
+
+@app.command()
+@user_errors
+def quickstart(
+    workdir: Path = typer.Option(Path("runs/quickstart"), "--workdir", help="Where the stage outputs go."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Model cache (default ~/.cache/forgetkit)."),
+) -> None:
+    """Embedded demo: build a tiny model that memorised fictitious people, then make it forget a few."""
+    from forgetkit.quickstart.run import run_quickstart
+
+    run_quickstart(workdir, cache)
+
+
+def run() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,83 @@
+"""The contract between the trainer and an unlearning loss, and the token-level helpers losses share."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forgetkit.data import IGNORE_INDEX, Record
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class LossContext:
+    """What a loss sees at one step.
+
+    ``reference(batch)`` returns the logits of the frozen original model (the adapter's starting
+    function) without gradients; the trainer provides it only to losses with ``needs_reference``.
+    """
+
+    model: nn.Module
+    forget: Batch
+    retain: Batch | None
+    reference: Callable[[Batch], torch.Tensor] | None = None
+
+
+class UnlearningLoss:
+    """Base class of every unlearning objective (built-in or plugin).
+
+    Subclasses are dataclasses whose fields are their hyper-parameters (set from the CLI with
+    ``--loss-param name=value``) and implement ``__call__`` returning a dict of scalar tensors,
+    with the optimised objective under ``"loss"`` and any parts worth logging beside it.
+    """
+
+    name: ClassVar[str] = ""
+    needs_retain: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+
+    def prepare_forget(self, records: Sequence[Record]) -> list[Record]:
+        """Hook to rewrite forget records before encoding (e.g. swap answers for refusals)."""
+        return list(records)
+
+    def __call__(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
+    return model(**model_inputs(batch)).logits
+
+
+def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Align position t's logits with token t+1; return (logits, targets with 0 at ignored, mask)."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    return logits, targets.masked_fill(~mask, 0), mask
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(label) (zero where masked) and the mask, both (batch, length - 1)."""
+    logits, targets, mask = shift(logits, labels)
+    log_probs = -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return log_probs * mask, mask
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over every target token of the batch."""
+    log_probs, mask = token_log_probs(logits, labels)
+    return -log_probs.sum() / mask.sum().clamp(min=1)
+
+
+def sequence_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(target | prompt) per sequence (sum over its target tokens)."""
+    log_probs, _ = token_log_probs(logits, labels)
+    return log_probs.sum(dim=1)

@@ -1,0 +1,1 @@
+"""The embedded default: fictitious people, a tiny model that memorised them, and the full chain."""

@@ -1,0 +1,171 @@
+"""``forgetkit unlearn``: train a LoRA adapter that makes the model forget the forget set."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
+from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
+from forgetkit.console import console
+from forgetkit.errors import ForgetkitError
+from forgetkit.metrics.extraction import extraction_likelihood, mean, memorisation_accuracy, teacher_forced
+from forgetkit.models import discover_targets, load_model
+from forgetkit.registry import load_loss
+from forgetkit.stages.common import load_examples, table
+from forgetkit.training import TrainConfig, train
+
+TRAINING_LOG = "training_log.json"
+
+
+@dataclasses.dataclass
+class UnlearnParams:
+    loss: str = "ihl"
+    loss_params: dict[str, str] = dataclasses.field(default_factory=dict)
+    rank: int = 8  # used without --init; with it, the init's rank applies
+    alpha: float | None = None
+    targets: str = "all"
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    until_forgotten: bool = False
+    model_dtype: str = "auto"
+    truncate: bool = False
+
+
+def forgetting_status(model, tokenizer, forget, holdout) -> dict[str, float]:
+    """EL10 and MA on forget and held-out examples (Jang et al. 2023's stopping rule)."""
+    status = {}
+    for label, examples in (("forget", forget), ("holdout", holdout)):
+        el = extraction_likelihood(model, tokenizer, examples, ns=(10,))[10]
+        ma = memorisation_accuracy(teacher_forced(model, examples, tokenizer.pad_token_id))
+        status[f"{label}_el10"] = mean(el) or 0.0
+        status[f"{label}_ma"] = mean(ma) or 0.0
+    return status
+
+
+def run_unlearn(
+    model_ref: str,
+    forget: str,
+    output: str | Path,
+    params: UnlearnParams,
+    *,
+    retain: str | None = None,
+    init: str | None = None,
+    holdout: str | None = None,
+    resume: bool = False,
+    trust_remote_code: bool = False,
+) -> Metadata:
+    output = Path(output)
+    loss_fn = load_loss(params.loss, params.loss_params)
+    if params.until_forgotten and holdout is None:
+        raise ForgetkitError("--until-forgotten needs a held-out set (--holdout) to compare against")
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and params.model_dtype != "float32" else "no")
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
+    tokenizer = loaded.tokenizer
+
+    _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=loss_fn.prepare_forget)
+    retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else None
+    holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)[1] if holdout else None
+    # Audit-style metrics need the original forget targets, not a loss's rewritten ones.
+    original_forget = load_examples(forget, loaded, truncate=params.truncate)[1]
+
+    torch.manual_seed(params.train.seed)
+    mutates_base = False
+    if init is not None:
+        init_meta = check_artifact(init, "init", loaded.info)
+        mutates_base = bool(init_meta.results.get("mutates_base", False))
+        model = load_init_adapter(loaded.model, init, mutates_base)
+        if loss_fn.needs_reference and mutates_base:
+            add_reference_adapter(model, init)
+        rank, alpha = init_meta.parameters["rank"], init_meta.parameters["lora_alpha"]
+    else:
+        rank = params.rank
+        alpha = float(params.alpha if params.alpha is not None else 2 * params.rank)
+        model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, params.targets), rank, alpha))
+
+    checkpoints = output.with_name(output.name + ".checkpoints")
+    _guard_resume(checkpoints, params, resume)
+
+    def stop_check(epoch: int) -> str | None:
+        if not params.until_forgotten:
+            return None
+        status = forgetting_status(model, tokenizer, original_forget, holdout_examples)
+        console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in status.items()))
+        if status["forget_el10"] < status["holdout_el10"] and status["forget_ma"] < status["holdout_ma"]:
+            return f"forgotten after epoch {epoch}: forget EL10 and MA below the held-out set's"
+        return None
+
+    result = train(
+        model,
+        loss_fn,
+        forget_examples,
+        retain_examples,
+        tokenizer.pad_token_id,
+        params.train,
+        accelerator=accelerator,
+        checkpoint_dir=checkpoints,
+        resume=resume,
+        stop_check=stop_check,
+    )
+    model = accelerator.unwrap_model(model)
+    final = result.log[-1] if result.log else {}
+    metadata = Metadata(
+        stage="unlearn",
+        base_model=loaded.info,
+        inputs={
+            name: input_record(path)
+            for name, path in (("forget", forget), ("retain", retain), ("init", init), ("holdout", holdout))
+            if path is not None
+        },
+        parameters={**dataclasses.asdict(params), "rank": rank, "lora_alpha": alpha},
+        results={
+            "epochs_run": result.epochs_run,
+            "steps": result.steps,
+            "stopped_early": result.stopped_early,
+            "final_terms": {k: v for k, v in final.items() if k not in ("epoch", "step")},
+            "train_tokens": result.tokens,
+            "seconds": round(result.seconds, 3),
+            "tokens_per_second": round(result.tokens / result.seconds, 1) if result.seconds else None,
+            "adapter_rank": rank * 2 if mutates_base else rank,
+            "converted_from_residual_base": mutates_base,
+        },
+    )
+    if accelerator.is_main_process:
+        with atomic_folder(output) as staging:
+            save_adapter(model, staging, Path(init) if init else None, mutates_base)
+            write_folder_metadata(staging, metadata)
+            write_json(staging / TRAINING_LOG, result.log)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        _print_summary(result, output)
+    return metadata
+
+
+def _guard_resume(checkpoints: Path, params: UnlearnParams, resume: bool) -> None:
+    """Checkpoints belong to one set of parameters; refuse to mix runs."""
+    fingerprint = json.dumps(dataclasses.asdict(params), sort_keys=True, default=str)
+    marker = checkpoints / "params.json"
+    if checkpoints.exists() and not resume:
+        shutil.rmtree(checkpoints)
+    if resume and marker.is_file() and marker.read_text() != fingerprint:
+        raise ForgetkitError(f"{checkpoints}: checkpoints were made with other parameters; rerun without --resume")
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+
+
+def _print_summary(result, output: Path) -> None:
+    per_epoch: dict[int, list[dict]] = {}
+    for entry in result.log:
+        per_epoch.setdefault(entry["epoch"], []).append(entry)
+    keys = [k for k in (result.log[-1] if result.log else {}) if k not in ("epoch", "step")]
+    rows = [[epoch] + [sum(e[k] for e in entries) / len(entries) for k in keys] for epoch, entries in per_epoch.items()]
+    console.print(table("Unlearning (mean per epoch)", ["epoch", *keys], rows))
+    if result.stopped_early:
+        console.print(result.stopped_early)
+    console.print(
+        f"[green]wrote[/] {output}  ({result.steps} steps, {result.seconds:.1f}s, "
+        f"{result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)"
+    )

@@ -1,0 +1,179 @@
+"""The unlearning loop: forget batches paired with retain batches, gradient accumulation,
+a divergence guard, per-epoch checkpoints with exact resume, and an early stop once forgotten.
+
+Randomness is derived from (seed, epoch), never carried over between epochs, so resuming
+from an epoch checkpoint replays exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from forgetkit.artifacts import atomic_folder
+from forgetkit.console import console, progress_bar
+from forgetkit.data import Example, batches, collate, target_token_count
+from forgetkit.errors import ForgetkitError
+from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of
+from forgetkit.adapters import reference_mode
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    epochs: int = 5
+    batch_size: int = 32  # effective (global) batch
+    micro_batch_size: int = 8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainResult:
+    log: list[dict]  # one entry per optimiser step
+    epochs_run: int
+    steps: int
+    stopped_early: str | None
+    tokens: int
+    seconds: float
+
+
+StopCheck = Callable[[int], str | None]  # epoch -> reason to stop, or None
+
+
+def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+class RetainStream:
+    """Endless shuffled retain micro-batches; reshuffled (deterministically) on every pass."""
+
+    def __init__(self, examples: Sequence[Example], micro_batch_size: int, seed: int, epoch: int):
+        self.examples, self.size = list(examples), micro_batch_size
+        self.generator = _epoch_generator(seed, epoch, stream=1)
+        self.pending: list[list[Example]] = []
+
+    def next(self) -> list[Example]:
+        if not self.pending:
+            self.pending = batches(self.examples, self.size, self.generator)
+        return self.pending.pop(0)
+
+
+def train(
+    model: PeftModel,
+    loss_fn: UnlearningLoss,
+    forget: Sequence[Example],
+    retain: Sequence[Example] | None,
+    pad_token_id: int,
+    config: TrainConfig,
+    *,
+    accelerator: Accelerator,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    stop_check: StopCheck | None = None,
+) -> TrainResult:
+    if config.micro_batch_size < 1 or config.batch_size < 1:
+        raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
+    if loss_fn.needs_retain and not retain:
+        raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+
+    log: list[dict] = []
+    start_epoch = 0
+    if resume and checkpoint_dir is not None:
+        start_epoch, log = _restore(checkpoint_dir, model, optimizer, trainable)
+        if start_epoch:
+            console.print(f"resumed from {checkpoint_dir} after epoch {start_epoch}")
+
+    def to_device(group: list[Example]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in collate(group, pad_token_id).items()}
+
+    def reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad(), reference_mode(accelerator.unwrap_model(model)):
+            return logits_of(model, batch)
+
+    steps_per_epoch = math.ceil(len(forget) / config.batch_size)
+    started = time.perf_counter()
+    tokens = 0
+    stopped = None
+    epoch = start_epoch
+    model.train()
+    with progress_bar("Unlearning", steps_per_epoch * (config.epochs - start_epoch)) as advance:
+        for epoch in range(start_epoch, config.epochs):
+            retain_stream = RetainStream(retain, config.micro_batch_size, config.seed, epoch) if retain else None
+            for batch_examples in batches(list(forget), config.batch_size, _epoch_generator(config.seed, epoch, 0)):
+                terms_sum: dict[str, float] = {}
+                for micro in batches(batch_examples, config.micro_batch_size):
+                    forget_batch = to_device(micro)
+                    retain_batch = to_device(retain_stream.next()) if retain_stream else None
+                    ctx = LossContext(model=model, forget=forget_batch, retain=retain_batch, reference=reference)
+                    with accelerator.autocast():
+                        terms = loss_fn(ctx)
+                    weight = len(micro) / len(batch_examples)
+                    if not torch.isfinite(terms["loss"]):
+                        raise ForgetkitError(
+                            f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: loss is {terms['loss'].item()} "
+                            "(lower --lr or raise --retain-weight); no adapter was written"
+                        )
+                    accelerator.backward(terms["loss"] * weight)
+                    for key, value in terms.items():
+                        terms_sum[key] = terms_sum.get(key, 0.0) + value.item() * weight
+                    tokens += target_token_count(forget_batch) + (target_token_count(retain_batch) if retain_batch else 0)
+                grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                if not torch.isfinite(torch.as_tensor(grad_norm)):
+                    raise ForgetkitError(
+                        f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: gradient norm is not finite "
+                        "(lower --lr); no adapter was written"
+                    )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                log.append({"epoch": epoch + 1, "step": len(log) + 1, "grad_norm": float(grad_norm), **terms_sum})
+                advance(loss=terms_sum["loss"])
+            if checkpoint_dir is not None:
+                _save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, trainable, log)
+            if stop_check is not None and (stopped := stop_check(epoch + 1)):
+                model.train()
+                break
+            model.train()
+    model.eval()
+    epochs_run = (epoch + 1) if config.epochs > start_epoch else start_epoch
+    return TrainResult(log, epochs_run, len(log), stopped, tokens, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(root: Path, epoch: int, model, optimizer, trainable, log) -> None:
+    with atomic_folder(root / f"epoch-{epoch:04d}") as staging:
+        save_file({f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(trainable)}, str(staging / "adapter.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"epoch": epoch, "log": log}))
+
+
+def _restore(root: Path, model, optimizer, trainable) -> tuple[int, list[dict]]:
+    finished = sorted(p for p in root.glob("epoch-*") if (p / "state.json").is_file())
+    if not finished:
+        return 0, []
+    latest = finished[-1]
+    weights = load_file(str(latest / "adapter.safetensors"))
+    if len(weights) != len(trainable):
+        raise ForgetkitError(f"{latest}: checkpoint does not match this adapter (different targets or rank)")
+    with torch.no_grad():
+        for i, param in enumerate(trainable):
+            param.copy_(weights[f"p{i}"].to(param.device, param.dtype))
+    optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+    state = json.loads((latest / "state.json").read_text())
+    return int(state["epoch"]), list(state["log"])
