@@ -210,10 +210,16 @@ def plugins() -> None:
 def quickstart(
     workdir: Path = typer.Option(Path("runs/quickstart"), "--workdir", help="Where the stage outputs go."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Model cache (default ~/.cache/forgetkit)."),
+    prepare_only: bool = typer.Option(
+        False, "--prepare-only", help="Only build/reuse the model and copy the data sets; print the model folder."
+    ),
 ) -> None:
     """Embedded demo: build a tiny model that memorised fictitious people, then make it forget a few."""
-    from forgetkit.quickstart.run import run_quickstart
+    from forgetkit.quickstart.run import prepare_workdir, run_quickstart
 
+    if prepare_only:
+        typer.echo(prepare_workdir(workdir, cache))
+        return
     run_quickstart(workdir, cache)
 
 

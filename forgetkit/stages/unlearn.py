@@ -37,7 +37,8 @@ class UnlearnParams:
 
 
 def forgetting_status(model, tokenizer, forget, holdout) -> dict[str, float]:
-    """EL10 and MA on forget and held-out examples (Jang et al. 2023's stopping rule)."""
+    """EL10 and MA on forget and held-out examples (Jang et al. 2023's stopping rule: the forget
+    set counts as forgotten once it is no more extractable than data the model never saw)."""
     status = {}
     for label, examples in (("forget", forget), ("holdout", holdout)):
         el = extraction_likelihood(model, tokenizer, examples, ns=(10,))[10]
@@ -95,8 +96,9 @@ def run_unlearn(
             return None
         status = forgetting_status(model, tokenizer, original_forget, holdout_examples)
         console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in status.items()))
-        if status["forget_el10"] < status["holdout_el10"] and status["forget_ma"] < status["holdout_ma"]:
-            return f"forgotten after epoch {epoch}: forget EL10 and MA below the held-out set's"
+        # "<=": a never-seen set often has EL10 exactly 0, and matching it is the goal.
+        if status["forget_el10"] <= status["holdout_el10"] and status["forget_ma"] <= status["holdout_ma"]:
+            return f"forgotten after epoch {epoch}: forget EL10 and MA at or below the held-out set's"
         return None
 
     result = train(

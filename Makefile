@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (the quickstart) and `make test`.
+# Each creates and uses a local virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+# torch first and pinned, so a CPU machine does not pull CUDA wheels; override on GPU machines,
+# e.g. `make test TORCH=torch`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/forgetkit: pyproject.toml plugins/forgetkit-simnpo/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]" -e plugins/forgetkit-simnpo
+	touch $@
+
+demo: $(BIN)/forgetkit
+	$(BIN)/forgetkit quickstart
+
+test: $(BIN)/forgetkit
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/forgetkit
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) runs

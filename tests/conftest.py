@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny models of several architectures, small data sets, the memorised quickstart model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PhiConfig,
+)
+
+from forgetkit.console import quiet_libraries
+from forgetkit.quickstart.corpus import make_splits
+from forgetkit.quickstart.model import corpus_text, train_tokenizer
+
+quiet_libraries()
+
+ARCHITECTURES = ("llama", "gpt_neo", "gpt_neox", "gpt2", "phi")
+
+
+def _config(arch: str, vocab: int, tokenizer):
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                           tie_word_embeddings=False, **ids)
+    if arch == "gpt_neo":
+        return GPTNeoConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4,
+                            attention_types=[[["global", "local"], 1]], max_position_embeddings=128, window_size=16, **ids)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=128, **ids)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, **ids)
+    if arch == "phi":
+        return PhiConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=128, **ids)
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def splits() -> dict[str, list[dict]]:
+    return make_splits(seed=0)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, splits) -> Path:
+    """forget / retain / holdout JSONL files (a few fictitious people each)."""
+    folder = tmp_path_factory.mktemp("data")
+    for name, rows in splits.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "forget_qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in splits["forget"] if "question" in r))
+    (folder / "retain_small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in splits["retain"][:20]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer(splits):
+    texts = corpus_text(splits["forget"] + splits["retain"] + splits["holdout"])
+    return train_tokenizer(texts, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    """Randomly initialised tiny models, saved with the tokenizer, one folder per architecture."""
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for arch in ARCHITECTURES:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), tokenizer))
+        model.save_pretrained(root / arch)
+        tokenizer.save_pretrained(root / arch)
+        paths[arch] = root / arch
+    return paths
+
+
+@pytest.fixture(scope="session")
+def memorised(tmp_path_factory) -> Path:
+    """The quickstart's cached folder: model/ plus forget, retain, holdout JSONL."""
+    from forgetkit.quickstart.run import ensure_quickstart_model
+
+    cache = os.environ.get("FORGETKIT_CACHE")
+    return ensure_quickstart_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"))

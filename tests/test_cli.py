@@ -1,0 +1,97 @@
+"""The CLI as users run it: the console script in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forgetkit.artifacts import read_metadata
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def forgetkit(*args, check=True, env=None):
+    result = subprocess.run([str(BIN / "forgetkit"), *map(str, args)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def one_line_error(result, pattern):
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_plugins_lists_builtins_and_the_example_plugin():
+    out = forgetkit("plugins").stdout
+    for name in ("ihl", "ga", "gd", "npo", "kl", "idk", "fila", "lora", "pissa"):
+        assert f" {name} " in out
+    assert "simnpo" in out and "forgetkit-simnpo" in out
+
+
+def test_bad_inputs_give_one_line_errors(tiny_models, data_dir, tmp_path):
+    llama, gpt2 = tiny_models["llama"], tiny_models["gpt2"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    one_line_error(forgetkit("fisher", llama, tmp_path / "bad.jsonl", "--retain", data_dir / "retain_small.jsonl",
+                             "-o", tmp_path / "f.st", check=False), r"bad.jsonl:2: invalid JSON")
+    (tmp_path / "empty.jsonl").write_text("")
+    one_line_error(forgetkit("fisher", llama, tmp_path / "empty.jsonl", "--retain", data_dir / "retain_small.jsonl",
+                             check=False), r"empty.jsonl: no records")
+    one_line_error(forgetkit("unlearn", llama, data_dir / "forget.jsonl", "--loss", "nope", check=False),
+                   r"unknown loss 'nope' \(installed: .*ihl")
+    one_line_error(forgetkit("unlearn", llama, data_dir / "forget.jsonl", "--loss-param", "beta", check=False),
+                   r"--loss-param 'beta': expected KEY=VALUE")
+    one_line_error(forgetkit("unlearn", llama, data_dir / "forget.jsonl", "--loss", "npo", "--loss-param", "beta=high",
+                             check=False), r"parameter 'beta' expects float")
+    one_line_error(forgetkit("audit", tmp_path / "nomodel", "--forget", data_dir / "forget.jsonl", check=False),
+                   r"nomodel: not a local folder and could not be fetched")
+
+    # An artifact of the right stage for another model, and one of the wrong stage.
+    forgetkit("fisher", gpt2, data_dir / "forget.jsonl", "--retain", data_dir / "retain_small.jsonl", "-o", tmp_path / "g.st")
+    one_line_error(forgetkit("init", llama, "--fisher", tmp_path / "g.st", "-o", tmp_path / "init", check=False),
+                   r"g.st: made for base model .*gpt2.* not .*llama")
+    forgetkit("init", gpt2, "--fisher", tmp_path / "g.st", "-o", tmp_path / "init")
+    one_line_error(forgetkit("init", gpt2, "--fisher", tmp_path / "init", "-o", tmp_path / "init2", check=False),
+                   r"init: is a 'init' artifact, but a fisher artifact is needed")
+    one_line_error(forgetkit("merge", gpt2, tmp_path / "init", check=False), r"is a 'init' artifact, but a unlearn")
+    assert not (tmp_path / "init2").exists()
+
+
+def test_recipe_forgets_and_plugin_loss_runs(memorised, tmp_path):
+    """The quickstart recipe end to end on the memorised model, through the CLI."""
+    env = {"FORGETKIT_CACHE": str(memorised.parents[1]), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    work = tmp_path / "work"
+    result = subprocess.run(["bash", str(ROOT / "recipes" / "quickstart.sh"), str(work)], capture_output=True, text=True,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((work / "report.json").read_text())["results"]
+    base, after = report["base"], report["unlearned"]
+
+    def drop(split, key):
+        b, a = base[split]["summary"][key], after[split]["summary"][key]
+        return (b - a) / b
+
+    assert base["forget"]["summary"]["rouge_l"] > 0.95 and base["forget"]["summary"]["el10"] > 0.3  # memorised
+    assert drop("forget", "el10") >= 0.8 and drop("forget", "rouge_l") >= 0.8
+    assert abs(drop("retain", "rouge_l")) <= 0.1
+    assert after["forget"]["summary"]["nll"] > after["holdout"]["summary"]["nll"] * 0.5
+    for stage, artifact in (("fisher", "fisher.safetensors"), ("init", "init"), ("unlearn", "adapter"), ("merge", "merged")):
+        assert read_metadata(work / artifact).stage == stage
+
+    # A third-party loss from plugins/, through the same CLI.
+    model_dir = forgetkit("quickstart", "--prepare-only", "--workdir", work, env=env).stdout.strip()
+    forgetkit("unlearn", model_dir, work / "forget.jsonl", "--retain", work / "retain.jsonl", "--loss", "simnpo",
+              "--loss-param", "beta=2.5", "--epochs", "1", "--batch-size", "4", "--micro-batch-size", "4",
+              "--lr", "2e-3", "-o", work / "simnpo", env=env)
+    meta = read_metadata(work / "simnpo")
+    assert meta.parameters["loss"] == "simnpo" and "simnpo" in meta.results["final_terms"]

@@ -1,0 +1,59 @@
+import torch
+import torch.nn.functional as F
+
+from forgetkit.artifacts import load_tensor_artifact, read_metadata
+from forgetkit.data import collate
+from forgetkit.models import discover_targets, load_model
+from forgetkit.stages.common import load_examples
+from forgetkit.stages.fisher import FisherParams, accumulate_fisher, run_fisher
+
+
+def hand_fisher(model, examples, names, pad, group_size):
+    """sum over groups of (d mean-NLL / dW)^2 * tokens, with torch's own cross-entropy."""
+    modules = dict(model.named_modules())
+    sums = {n: torch.zeros_like(modules[n].weight) for n in names}
+    for start in range(0, len(examples), group_size):
+        batch = collate(examples[start : start + group_size], pad)
+        model.zero_grad()
+        with torch.enable_grad():
+            for n in names:
+                modules[n].weight.requires_grad_(True)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+            loss.backward()
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        for n in names:
+            sums[n] += modules[n].weight.grad ** 2 * tokens
+    return sums
+
+
+def test_fisher_equals_hand_computed_squared_gradients(tiny_models, data_dir):
+    loaded = load_model(str(tiny_models["llama"]))
+    _, examples = load_examples(str(data_dir / "forget.jsonl"), loaded)
+    examples = examples[:7]
+    names = discover_targets(loaded.model, "all")
+    for estimator, group in (("batch", 3), ("example", 1)):
+        ours, tokens = accumulate_fisher(loaded, names, examples, 3, estimator, "forget")
+        expected = hand_fisher(loaded.model, examples, names, loaded.tokenizer.pad_token_id, group)
+        assert tokens == sum(sum(1 for t in e.labels[1:] if t != -100) for e in examples)
+        for n in names:
+            assert torch.allclose(ours[n], expected[n], rtol=1e-4, atol=1e-12), (estimator, n)
+    # The two estimators are different quantities (batch mixes gradients before squaring).
+    batch_f, _ = accumulate_fisher(loaded, names, examples, 3, "batch", "f")
+    example_f, _ = accumulate_fisher(loaded, names, examples, 3, "example", "f")
+    assert not torch.allclose(batch_f[names[0]], example_f[names[0]])
+
+
+def test_fisher_artifact_contents(tiny_models, data_dir, tmp_path):
+    out = tmp_path / "fisher.safetensors"
+    run_fisher(str(tiny_models["gpt2"]), str(data_dir / "forget.jsonl"), str(data_dir / "retain_small.jsonl"), out, FisherParams())
+    meta = read_metadata(out)
+    tensors = load_tensor_artifact(out)
+    assert meta.stage == "fisher" and meta.results["forget_tokens"] > 0 and meta.results["retain_tokens"] > 0
+    assert set(meta.inputs) == {"forget", "retain"} and len(meta.inputs["forget"]["sha256"]) == 64
+    assert len(tensors) == 2 * len(meta.results["targets"])
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    full = tmp_path / "fisher32.safetensors"
+    run_fisher(str(tiny_models["gpt2"]), str(data_dir / "forget.jsonl"), str(data_dir / "retain_small.jsonl"), full,
+               FisherParams(dtype="float32"))
+    assert all(t.dtype == torch.float32 for t in load_tensor_artifact(full).values())
