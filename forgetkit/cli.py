@@ -63,7 +63,7 @@ def main(
 def fisher(
     model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
     forget: str = typer.Argument(..., help="Forget set: .jsonl/.json/.csv or hf:ID[:CONFIG[:SPLIT]]."),
-    retain: str = typer.Option(..., "--retain", help="Retain set, same formats."),
+    retain: Optional[str] = typer.Option(None, "--retain", help="Retain set, same formats (recommended for FILA)."),
     output: Path = typer.Option(Path("fisher.safetensors"), "-o", "--output"),
     targets: str = typer.Option("all", "--targets", help="all | attn | mlp | name,name"),
     batch_size: int = typer.Option(8, "--batch-size"),

@@ -65,3 +65,14 @@ def test_fila_needs_a_fisher(tiny_models, tmp_path):
 
     with pytest.raises(ForgetkitError, match="needs a Fisher artifact"):
         run_init(str(tiny_models["llama"]), tmp_path / "init", InitParams(scheme="fila"))
+
+
+def test_fila_without_retain_fisher(tiny_models, data_dir, tmp_path):
+    from forgetkit.stages.fisher import FisherParams, run_fisher
+
+    model = str(tiny_models["llama"])
+    run_fisher(model, str(data_dir / "forget.jsonl"), None, tmp_path / "f.st", FisherParams())
+    assert read_metadata(tmp_path / "f.st").results["retain_tokens"] == 0
+    run_init(model, tmp_path / "init", InitParams(scheme="fila", rank=4), fisher=str(tmp_path / "f.st"))
+    restored = load_init_adapter(load_model(model).model, tmp_path / "init", mutates_base=True)
+    assert (logits(restored) - logits(load_model(model).model)).abs().max().item() < 1e-4

@@ -58,12 +58,15 @@ class Fila(InitScheme):
         if fisher is None:
             raise ForgetkitError("init scheme 'fila' needs a Fisher artifact (--fisher)")
         for name, layer in iter_lora_layers(model):
-            if name not in fisher.forget or name not in fisher.retain:
+            if name not in fisher.forget or (fisher.retain and name not in fisher.retain):
                 raise ForgetkitError(f"Fisher artifact has no entry for target module '{name}'")
+            forget_f = fisher.forget[name].float()
+            # No retain Fisher (fisher run without --retain): importance from the forget set alone.
+            retain_f = fisher.retain[name].float() if fisher.retain else torch.zeros_like(forget_f)
             a0, b0 = fila_factors(
                 base_weight_out_in(layer).float(),
-                fisher.forget[name].float(),
-                fisher.retain[name].float(),
+                forget_f,
+                retain_f,
                 fisher.forget_tokens,
                 fisher.retain_tokens,
                 rank=layer.r["default"],

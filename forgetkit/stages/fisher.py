@@ -71,7 +71,7 @@ def accumulate_fisher(
 
 
 def run_fisher(
-    model_ref: str, forget: str, retain: str, output: str | Path, params: FisherParams, *, trust_remote_code: bool = False
+    model_ref: str, forget: str, retain: str | None, output: str | Path, params: FisherParams, *, trust_remote_code: bool = False
 ) -> Metadata:
     if params.estimator not in ESTIMATORS:
         raise ForgetkitError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not '{params.estimator}'")
@@ -79,11 +79,16 @@ def run_fisher(
         raise ForgetkitError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not '{params.dtype}'")
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate)
-    _, retain_examples = load_examples(retain, loaded, truncate=params.truncate)
+    retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else []
     targets = discover_targets(loaded.model, params.targets)
 
     forget_sums, forget_tokens = accumulate_fisher(loaded, targets, forget_examples, params.batch_size, params.estimator, "forget")
-    retain_sums, retain_tokens = accumulate_fisher(loaded, targets, retain_examples, params.batch_size, params.estimator, "retain")
+    # Without a retain set, FILA's denominator is its epsilon alone: importance is forget-only.
+    retain_sums, retain_tokens = (
+        accumulate_fisher(loaded, targets, retain_examples, params.batch_size, params.estimator, "retain")
+        if retain_examples
+        else ({}, 0)
+    )
 
     store = STORE_DTYPES[params.dtype]
     tensors = {f"forget/{n}": t.to(store) for n, t in forget_sums.items()}
@@ -91,7 +96,7 @@ def run_fisher(
     metadata = Metadata(
         stage="fisher",
         base_model=loaded.info,
-        inputs={"forget": input_record(forget), "retain": input_record(retain)},
+        inputs={"forget": input_record(forget), **({"retain": input_record(retain)} if retain else {})},
         parameters=dataclasses.asdict(params),
         results={
             "forget_tokens": forget_tokens,
@@ -110,7 +115,7 @@ def _print_summary(forget_sums, retain_sums, forget_tokens, retain_tokens, outpu
     rows = []
     for name in forget_sums:
         f = forget_sums[name].mean().item() / max(forget_tokens, 1)
-        r = retain_sums[name].mean().item() / max(retain_tokens, 1)
+        r = retain_sums[name].mean().item() / max(retain_tokens, 1) if name in retain_sums else 0.0
         rows.append((name, f, r, f / (r + 1e-12)))
     rows.sort(key=lambda row: row[3], reverse=True)
     console.print(table("Fisher per token (top 10 by forget/retain ratio)", ["module", "forget", "retain", "ratio"], rows[:10]))
