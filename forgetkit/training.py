@@ -145,9 +145,8 @@ def train(
             if checkpoint_dir is not None:
                 _save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, trainable, log)
             if stop_check is not None and (stopped := stop_check(epoch + 1)):
-                model.train()
                 break
-            model.train()
+            model.train()  # the stop check evaluates in eval mode
     model.eval()
     epochs_run = (epoch + 1) if config.epochs > start_epoch else start_epoch
     return TrainResult(log, epochs_run, len(log), stopped, tokens, time.perf_counter() - started)

@@ -71,8 +71,10 @@ def run_unlearn(
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=loss_fn.prepare_forget)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else None
     holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)[1] if holdout else None
-    # Audit-style metrics need the original forget targets, not a loss's rewritten ones.
-    original_forget = load_examples(forget, loaded, truncate=params.truncate)[1]
+    # The stopping rule measures the original forget targets, not a loss's rewritten ones (idk).
+    original_forget = (
+        load_examples(forget, loaded, truncate=params.truncate)[1] if params.until_forgotten else forget_examples
+    )
 
     torch.manual_seed(params.train.seed)
     mutates_base = False
