@@ -8,7 +8,9 @@ from forgetkit.losses.builtin import GradientAscent, KLRetain, NegativePreferenc
 
 # One sequence of 3 positions over a vocabulary of 3; position 0 is the prompt (ignored).
 LOGITS = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.0, 2.0]]])
-LABELS = torch.tensor([[IGNORE_INDEX, 1, 0]])  # predict 1 from position 0, then 0 from position 1
+# Position 0 must predict token 0 (its argmax), position 1 token 0 (not its argmax): IHL's
+# "best other token" is then the runner-up in one case and the top token in the other.
+LABELS = torch.tensor([[IGNORE_INDEX, 0, 0]])
 
 
 def softmax(row):
@@ -18,15 +20,15 @@ def softmax(row):
 
 def test_inverted_hinge_matches_hand_computation():
     p0, p1 = softmax([2.0, 1.0, 0.0]), softmax([0.0, 3.0, 1.0])
-    # token 1 at position 0: best other is token 0; token 0 at position 1: best other is token 1.
-    expected = ((1 + p0[1] - p0[0]) + (1 + p1[0] - p1[1])) / 2
+    # token 0 at position 0 is the argmax: best other is token 1; at position 1 token 1 beats it.
+    expected = ((1 + p0[0] - p0[1]) + (1 + p1[0] - p1[1])) / 2
     assert abs(inverted_hinge(LOGITS, LABELS).item() - expected) < 1e-6
 
 
 def test_nll_and_sequence_log_prob_match_hand_computation():
     p0, p1 = softmax([2.0, 1.0, 0.0]), softmax([0.0, 3.0, 1.0])
-    assert abs(mean_nll(LOGITS, LABELS).item() - (-(math.log(p0[1]) + math.log(p1[0])) / 2)) < 1e-6
-    assert abs(sequence_log_prob(LOGITS, LABELS).item() - (math.log(p0[1]) + math.log(p1[0]))) < 1e-6
+    assert abs(mean_nll(LOGITS, LABELS).item() - (-(math.log(p0[0]) + math.log(p1[0])) / 2)) < 1e-6
+    assert abs(sequence_log_prob(LOGITS, LABELS).item() - (math.log(p0[0]) + math.log(p1[0]))) < 1e-6
 
 
 class FixedModel(torch.nn.Module):
