@@ -23,6 +23,7 @@ test: $(BIN)/forgetkit
 
 bench: $(BIN)/forgetkit
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/audit_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -175,20 +175,39 @@ def audit(
     forget: str = typer.Option(..., "--forget", help="Forget set."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter to audit (the base is reported beside it)."),
     retain: Optional[str] = typer.Option(None, "--retain"),
-    holdout: Optional[str] = typer.Option(None, "--holdout"),
-    output: Path = typer.Option(Path("report.json"), "-o", "--output"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Records the model never saw (MIA, verdict)."),
+    real_authors: Optional[str] = typer.Option(None, "--real-authors", help="TOFU real-authors set (Model Utility)."),
+    world_facts: Optional[str] = typer.Option(None, "--world-facts", help="TOFU world-facts set (Model Utility)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference model never trained on the forget set."),
+    reference_report: Optional[str] = typer.Option(None, "--reference-report", help="Earlier report of the reference model."),
+    suite: List[str] = typer.Option(["all"], "--suite", help="extraction | tofu | mia | all (repeat or comma-separate)."),
+    attacks: Optional[List[str]] = typer.Option(None, "--attacks", help="paraphrase, quantize, relearn, sampling or all."),
+    output: Path = typer.Option(Path("report.json"), "-o", "--output", help="JSON report; .md, .html, .plots/ beside it."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per teacher-forced pass."),
+    generation_batch_size: int = typer.Option(32, "--generation-batch-size"),
+    canary_candidates: int = typer.Option(255, "--canary-candidates", help="Same-format candidates per secret."),
+    samples: int = typer.Option(32, "--samples", help="Sampling attack: completions per question."),
+    relearn_steps: int = typer.Option(20, "--relearn-steps"),
+    relearn_lr: float = typer.Option(1e-3, "--relearn-lr"),
+    seed: int = typer.Option(0, "--seed"),
     include_examples: bool = typer.Option(False, "--include-examples", help="Put record text and answers in the report."),
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
 ) -> None:
-    """Extraction metrics (EL5, EL10, MA, ROUGE-L, NLL) on forget / retain / held-out sets."""
+    """Extraction, TOFU and membership-inference metrics, attacks, a verdict, JSON/Markdown/HTML reports."""
+    from forgetkit.audit.attacks import AttackParams
     from forgetkit.stages.audit import AuditParams, run_audit
 
-    params = AuditParams(max_new_tokens, batch_size, 32, include_examples, model_dtype, truncate)
-    run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, adapter=adapter,
+    params = AuditParams(
+        suites=tuple(suite), attacks=tuple(attacks or ()), max_new_tokens=max_new_tokens, batch_size=batch_size,
+        generation_batch_size=generation_batch_size, canary_candidates=canary_candidates,
+        include_examples=include_examples, model_dtype=model_dtype, truncate=truncate,
+        attack=AttackParams(relearn_steps=relearn_steps, relearn_lr=relearn_lr, samples=samples, seed=seed),
+    )
+    run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, real_authors=real_authors,
+              world_facts=world_facts, adapter=adapter, reference=reference, reference_report=reference_report,
               trust_remote_code=trust_remote_code)
 
 

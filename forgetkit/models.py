@@ -96,6 +96,12 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise ForgetkitError(f"{model_ref}: could not be loaded ({str(exc).strip().splitlines()[0]})") from None
+    embedding_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embedding_rows:
+        raise ForgetkitError(
+            f"{model_ref}: model and tokenizer do not match (the tokenizer has {len(tokenizer)} tokens, "
+            f"the model's embedding {embedding_rows} rows)"
+        )
     if tokenizer.pad_token_id is None:
         # Padding positions are masked out everywhere, so any id works; eos is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token

@@ -15,4 +15,4 @@ forgetkit unlearn "$MODEL" "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" --
   --loss ihl --lr 2e-3 --epochs 10 --batch-size 4 --micro-batch-size 4 -o "$WORK/adapter"
 forgetkit merge "$MODEL" "$WORK/adapter" -o "$WORK/merged"
 forgetkit audit "$MODEL" --adapter "$WORK/adapter" --forget "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" \
-  --holdout "$WORK/holdout.jsonl" --max-new-tokens 48 -o "$WORK/report.json"
+  --holdout "$WORK/holdout.jsonl" --max-new-tokens 48 --attacks paraphrase,quantize -o "$WORK/report.json"

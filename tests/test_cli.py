@@ -75,7 +75,7 @@ def test_recipe_forgets_and_plugin_loss_runs(memorised, tmp_path):
                             env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
     report = json.loads((work / "report.json").read_text())["results"]
-    base, after = report["base"], report["unlearned"]
+    base, after = report["base"]["sets"], report["unlearned"]["sets"]
 
     def drop(split, key):
         b, a = base[split]["summary"][key], after[split]["summary"][key]
@@ -84,7 +84,20 @@ def test_recipe_forgets_and_plugin_loss_runs(memorised, tmp_path):
     assert base["forget"]["summary"]["rouge_l"] > 0.95 and base["forget"]["summary"]["el10"] > 0.3  # memorised
     assert drop("forget", "el10") >= 0.8 and drop("forget", "rouge_l") >= 0.8
     assert abs(drop("retain", "rouge_l")) <= 0.1
-    assert after["forget"]["summary"]["nll"] > after["holdout"]["summary"]["nll"] * 0.5
+    # Canary exposure: memorised secrets rank first of 256 (8 bits) before; forget secrets fall
+    # toward the never-seen ones' level, retained secrets stay at the top.
+    assert base["forget"]["summary"]["canary_exposure"] == after["retain"]["summary"]["canary_exposure"] == 8.0
+    assert after["forget"]["summary"]["canary_exposure"] < 5.0
+    # Membership inference (forget vs held-out): from certain (1.0) to well below; retain unchanged.
+    mia_before, mia_after = report["base"]["mia"], report["unlearned"]["mia"]
+    for score in ("loss", "min_k", "min_k_pp"):
+        assert mia_before["forget"][score]["auc"] == 1.0 and mia_after["forget"][score]["auc"] < 0.6
+        assert mia_after["retain"][score]["auc"] > 0.95
+    assert report["base"]["verdict"]["verdict"] == "not forgotten"
+    assert report["unlearned"]["verdict"]["verdict"] != "not forgotten"
+    quantized = report["unlearned"]["attacks"]["quantize"]
+    assert quantized["int8"]["forget"]["rouge_l"] < 0.2 and quantized["int8"]["retain"]["rouge_l"] > 0.8
+    assert (work / "report.html").is_file() and (work / "report.plots" / "mia_roc.png").is_file()
     for stage, artifact in (("fisher", "fisher.safetensors"), ("init", "init"), ("unlearn", "adapter"), ("merge", "merged")):
         assert read_metadata(work / artifact).stage == stage
 
@@ -95,3 +108,42 @@ def test_recipe_forgets_and_plugin_loss_runs(memorised, tmp_path):
               "--lr", "2e-3", "-o", work / "simnpo", env=env)
     meta = read_metadata(work / "simnpo")
     assert meta.parameters["loss"] == "simnpo" and "simnpo" in meta.results["final_terms"]
+
+
+def test_audit_bad_inputs_give_one_line_errors(tiny_models, tokenizer, data_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    llama = tiny_models["llama"]
+    forget, holdout = data_dir / "forget.jsonl", data_dir / "holdout.jsonl"
+    small = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    AutoModelForCausalLM.from_config(small).save_pretrained(tmp_path / "mismatch")
+    tokenizer.save_pretrained(tmp_path / "mismatch")
+    one_line_error(forgetkit("audit", tmp_path / "mismatch", "--forget", forget, check=False),
+                   r"model and tokenizer do not match \(the tokenizer has \d+ tokens, the model's embedding 100 rows\)")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--holdout", tmp_path / "empty.jsonl", check=False),
+                   r"empty.jsonl: no records")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--suite", "mia", check=False),
+                   r"the mia suite needs a held-out set")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--suite", "tofu", check=False),
+                   r"forget.jsonl: the tofu suite needs forget records with 'perturbed_answer'")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--suite", "extraktion", check=False),
+                   r"unknown suite 'extraktion'")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--attacks", "jailbreak", check=False),
+                   r"unknown attack 'jailbreak'")
+    (tmp_path / "secret.jsonl").write_text('{"question": "q?", "answer": "a", "secret": "123"}\n')
+    one_line_error(forgetkit("audit", llama, "--forget", tmp_path / "secret.jsonl", check=False),
+                   r"secret.jsonl:1: the secret does not occur in the record's answer or text")
+
+    # A reference report made on another forget set is refused, naming both hashes.
+    forgetkit("audit", llama, "--forget", holdout, "--holdout", forget, "--suite", "mia", "-o", tmp_path / "ref.json")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--holdout", holdout, "--suite", "mia",
+                             "--reference-report", tmp_path / "ref.json", check=False),
+                   r"ref.json: the reference report was made on a different forget set")
+    (tmp_path / "notreport.json").write_text('{"hello": 1}')
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--reference-report", tmp_path / "notreport.json",
+                             check=False), r"notreport.json: not a forgetkit audit report")
+    one_line_error(forgetkit("audit", llama, "--forget", forget, "--reference", llama, "--reference-report",
+                             tmp_path / "ref.json", check=False), r"either --reference or --reference-report")
+    assert not (tmp_path / "report.json").exists()

@@ -6,6 +6,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from forgetkit.artifacts import read_metadata
+from forgetkit.audit.attacks import AttackParams
 from forgetkit.metrics.extraction import extraction_likelihood, ngram_overlap
 from forgetkit.metrics.rouge import rouge_l_recall
 from forgetkit.models import load_model
@@ -71,17 +72,22 @@ def test_extraction_likelihood_by_hand(tiny_models, data_dir):
 
 
 def test_audit_report_is_redacted_unless_asked(tiny_models, data_dir, adapter, tmp_path, splits):
-    params = AuditParams(max_new_tokens=8)
+    params = AuditParams(max_new_tokens=8, attacks=("all",), canary_candidates=15,
+                         attack=AttackParams(relearn_steps=2, samples=4))
     report = run_audit(str(tiny_models["llama"]), tmp_path / "r.json", params, forget=str(data_dir / "forget.jsonl"),
-                       retain=str(data_dir / "retain_small.jsonl"), adapter=str(adapter))
+                       retain=str(data_dir / "retain_small.jsonl"), holdout=str(data_dir / "holdout.jsonl"),
+                       adapter=str(adapter))
+    assert set(report["results"]["unlearned"]["attacks"]) == {"paraphrase", "quantize", "relearn", "sampling"}
     assert set(report["results"]) == {"base", "unlearned"}
-    summary = report["results"]["unlearned"]["forget"]["summary"]
-    assert {"el5", "el10", "ma", "rouge_l", "nll", "perplexity"} <= set(summary)
+    summary = report["results"]["unlearned"]["sets"]["forget"]["summary"]
+    assert {"el5", "el10", "ma", "em", "es", "rouge_l", "nll", "perplexity", "canary_exposure"} <= set(summary)
     assert summary["perplexity"] > 1 and 0 <= summary["ma"] <= 1
-    text = (tmp_path / "r.json").read_text()
     secrets = [r["secret"] for r in splits["forget"] if "secret" in r]
-    assert not any(s in text for s in secrets) and "Question" not in text
+    answers = [r.get("answer", r.get("text")) for r in splits["forget"]]
+    for written in ("r.json", "r.md", "r.html"):
+        text = (tmp_path / written).read_text()
+        assert not any(s in text for s in secrets + answers) and "Question" not in text, written
     full = run_audit(str(tiny_models["llama"]), tmp_path / "full.json", AuditParams(max_new_tokens=8, include_examples=True),
                      forget=str(data_dir / "forget.jsonl"))
     assert any(s in (tmp_path / "full.json").read_text() for s in secrets)
-    assert len(full["results"]["model"]["forget"]["per_example"]["el10"]) == len(splits["forget"])
+    assert len(full["results"]["model"]["sets"]["forget"]["per_example"]["el10"]) == len(splits["forget"])

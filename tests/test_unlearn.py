@@ -169,4 +169,4 @@ def test_until_forgotten_stops_once_forget_looks_unseen(memorised, tmp_path):
     model = PeftModel.from_pretrained(loaded.model, str(tmp_path / "out"))
     status = forgetting_status(model, loaded.tokenizer, load_examples(str(memorised / "forget.jsonl"), loaded)[1],
                                load_examples(str(memorised / "holdout.jsonl"), loaded)[1])
-    assert status["forget_ma"] <= status["holdout_ma"] and status["forget_el10"] <= status["holdout_el10"]
+    assert status["forget_em"] <= status["holdout_em"] and status["forget_el10"] <= status["holdout_el10"]

@@ -1,4 +1,4 @@
-"""Extraction metrics of Jang et al. (2023): extraction likelihood EL_n and memorisation accuracy MA.
+"""Extraction metrics: EL_n and MA (Jang et al. 2023), exact memorisation and extraction strength.
 
 For a target sequence x of length T:
 - MA(x) = share of target positions t whose teacher-forced argmax equals x_t;
@@ -34,28 +34,83 @@ def ngram_overlap(generated: Sequence[int], reference: Sequence[int], n: int) ->
 
 @torch.no_grad()
 def teacher_forced(
-    model: torch.nn.Module, examples: Sequence[Example], pad_token_id: int, batch_size: int = 16
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    pad_token_id: int,
+    batch_size: int = 16,
+    detailed: bool = True,
 ) -> list[dict[str, list[float]]]:
-    """Per example: each target token's NLL and whether the argmax hit it (one forward pass)."""
+    """One forward pass per batch; per example and per target token:
+
+    - ``nll``: -log p(token); ``hit``: 1.0 where the argmax is the token;
+    - ``zscore``: Min-K%++'s (log p(token) - mu) / sigma, mu and sigma the mean and standard
+      deviation of log p over the vocabulary under the model's own distribution at that position;
+    - ``hit_all``: argmax hits over every predicted position, prompt included (Jang et al.'s MA).
+
+    ``detailed=False`` returns ``nll`` and ``hit`` only (no vocabulary-wide statistics), for
+    callers that rank or compare likelihoods. Examples are bucketed by length (sorted) so batches carry little padding; results come back in
+    the input order.
+    """
     device = next(model.parameters()).device
     results: list[dict[str, list[float]]] = [{} for _ in examples]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     was_training = model.training
     model.eval()
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start : start + batch_size])
+    for start in range(0, len(order), batch_size):
+        chunk_ids = order[start : start + batch_size]
+        chunk = [examples[i] for i in chunk_ids]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-        logits, targets, mask = shift(logits_of(model, batch), batch["labels"])
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        hits = logits.argmax(-1) == targets
-        for row, example in enumerate(chunk):
-            keep = mask[row]
-            results[start + row] = {"nll": nll[row][keep].tolist(), "hit": hits[row][keep].float().tolist()}
+        raw = logits_of(model, batch)
+        next_ids = batch["input_ids"][:, 1:]
+        real = batch["attention_mask"][:, 1:].bool()
+        hits_all = (raw[:, :-1].argmax(-1) == next_ids) & real
+        logits, targets, mask = shift(raw, batch["labels"])
+        # Full log-softmax only at target positions: (tokens, vocab) instead of (batch, length, vocab).
+        log_probs = torch.log_softmax(logits[mask], dim=-1)
+        chosen = log_probs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+        hits = (logits[mask].argmax(-1) == targets[mask]).float()
+        if detailed:
+            probs = log_probs.exp()
+            mu = (probs * log_probs).sum(-1)
+            sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+            zscore = ((chosen - mu) / sigma).tolist()
+        nll, hit = (-chosen).tolist(), hits.tolist()
+        offset = 0
+        for row, (number, count) in enumerate(zip(chunk_ids, mask.sum(1).tolist())):
+            part = slice(offset, offset + count)
+            offset += count
+            results[number] = {"nll": nll[part], "hit": hit[part]}
+            if detailed:
+                results[number]["zscore"] = zscore[part]
+                results[number]["hit_all"] = hits_all[row][real[row]].float().tolist()
     model.train(was_training)
     return results
 
 
-def memorisation_accuracy(per_token: Sequence[dict[str, list[float]]]) -> list[float]:
+def exact_memorisation(per_token: Sequence[dict[str, list[float]]]) -> list[float]:
+    """Share of target tokens whose teacher-forced argmax is the label (open-unlearning's EM)."""
     return [sum(t["hit"]) / len(t["hit"]) if t["hit"] else 0.0 for t in per_token]
+
+
+def memorisation_accuracy(per_token: Sequence[dict[str, list[float]]]) -> list[float]:
+    """Jang et al.'s MA: argmax hits over every predicted token of the record, prompt included.
+    For plain-text records it equals exact memorisation."""
+    return [sum(t["hit_all"]) / len(t["hit_all"]) if t["hit_all"] else 0.0 for t in per_token]
+
+
+def extraction_strength(per_token: Sequence[dict[str, list[float]]]) -> list[float]:
+    """1 - k/|y| with k the shortest answer prefix after which every teacher-forced argmax is right
+    (Carlini et al. 2021 style; 1.0 = the whole answer follows from the question alone)."""
+    values = []
+    for t in per_token:
+        hits = t["hit"]
+        if not hits:
+            values.append(0.0)
+            continue
+        misses = [i for i, h in enumerate(hits) if h < 0.5]
+        k = misses[-1] + 1 if misses else 0
+        values.append(1.0 - k / len(hits))
+    return values
 
 
 def extraction_likelihood(

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from forgetkit.console import console, progress_bar
 from forgetkit.data import batches, collate, encode, load_records
 from forgetkit.losses.base import logits_of, mean_nll
-from forgetkit.metrics.extraction import memorisation_accuracy, teacher_forced
+from forgetkit.metrics.extraction import exact_memorisation, teacher_forced
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
 
@@ -92,7 +92,7 @@ def memorise(
                 optimizer.zero_grad(set_to_none=True)
             advance()
             if epoch % 10 == 0:
-                accuracy = sum(memorisation_accuracy(teacher_forced(model, examples, tokenizer.pad_token_id))) / len(examples)
+                accuracy = sum(exact_memorisation(teacher_forced(model, examples, tokenizer.pad_token_id))) / len(examples)
                 if accuracy >= target_accuracy:
                     break
     model.eval()

@@ -36,6 +36,7 @@ QUICKSTART_UNLEARN = UnlearnParams(
     train=TrainConfig(lr=2e-3, epochs=10, batch_size=4, micro_batch_size=4, seed=SEED),
 )
 QUICKSTART_RANK = 8
+QUICKSTART_ATTACKS = ("paraphrase", "quantize")
 
 
 def cache_root(cache: Path | None = None) -> Path:
@@ -86,7 +87,7 @@ def run_quickstart(workdir: Path, cache: Path | None = None) -> dict:
     run_unlearn(model, forget, workdir / "adapter", QUICKSTART_UNLEARN, retain=retain, init=str(workdir / "init"))
     run_merge(model, str(workdir / "adapter"), workdir / "merged", MergeParams())
     report = run_audit(
-        model, workdir / "report.json", AuditParams(max_new_tokens=48),
+        model, workdir / "report.json", AuditParams(max_new_tokens=48, attacks=QUICKSTART_ATTACKS),
         forget=forget, retain=retain, holdout=holdout, adapter=str(workdir / "adapter"),
     )
     outcome = summarise(report["results"], time.perf_counter() - started)
@@ -102,16 +103,28 @@ def summarise(results: dict, seconds: float) -> dict:
     base, after = results["base"], results["unlearned"]
     rows = []
     for split in SPLITS:
-        for key in ("el10", "ma", "rouge_l"):
-            b, a = base[split]["summary"][key], after[split]["summary"][key]
+        for key in ("el10", "em", "rouge_l", "canary_exposure"):
+            b, a = base["sets"][split]["summary"][key], after["sets"][split]["summary"][key]
             rows.append((f"{split} {key}", b, a, -relative_drop(b, a)))
+    for split in ("forget", "retain"):
+        b, a = (v["mia"][split]["min_k_pp"]["auc"] for v in (base, after))
+        rows.append((f"{split} vs holdout MIA AUC (min-k%++)", b, a, -relative_drop(b, a)))
     console.print(table("Quickstart: before and after unlearning", ["metric", "before", "after", "change"], rows))
+    forget_b, forget_a = base["sets"]["forget"]["summary"], after["sets"]["forget"]["summary"]
+    retain_b, retain_a = base["sets"]["retain"]["summary"], after["sets"]["retain"]["summary"]
     checks = {
-        "forget EL10 down >= 80%": relative_drop(base["forget"]["summary"]["el10"], after["forget"]["summary"]["el10"]) >= 0.8,
-        "forget ROUGE-L down >= 80%": relative_drop(base["forget"]["summary"]["rouge_l"], after["forget"]["summary"]["rouge_l"]) >= 0.8,
-        "retain ROUGE-L within 10%": abs(relative_drop(base["retain"]["summary"]["rouge_l"], after["retain"]["summary"]["rouge_l"])) <= 0.1,
+        "forget EL10 down >= 80%": relative_drop(forget_b["el10"], forget_a["el10"]) >= 0.8,
+        "forget ROUGE-L down >= 80%": relative_drop(forget_b["rouge_l"], forget_a["rouge_l"]) >= 0.8,
+        "retain ROUGE-L within 10%": abs(relative_drop(retain_b["rouge_l"], retain_a["rouge_l"])) <= 0.1,
     }
     for name, ok in checks.items():
         console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {name}")
-    console.print(f"quickstart finished in {seconds:.0f}s")
-    return {"rows": [dict(zip(("metric", "before", "after", "change"), r)) for r in rows], "checks": checks, "seconds": seconds}
+    verdict = after["verdict"]
+    console.print(f"audit verdict: {verdict['verdict']}" + (f" (failed: {', '.join(verdict['failed'])})" if verdict["failed"] else ""))
+    console.print(f"quickstart finished in {seconds:.0f}s; full report: report.html")
+    return {
+        "rows": [dict(zip(("metric", "before", "after", "change"), r)) for r in rows],
+        "checks": checks,
+        "verdict": verdict["verdict"],
+        "seconds": seconds,
+    }

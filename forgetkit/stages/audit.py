@@ -1,77 +1,147 @@
-"""``forgetkit audit``: extraction metrics on forget / retain / held-out sets, before and after.
+"""``forgetkit audit``: does the forget data still come out, can membership still be told, does it
+come back under attack, and is the model still good?
 
-Reported per set: EL5 and EL10 and MA (Jang et al. 2023), ROUGE-L recall of greedy answers (QA
-records), mean answer NLL and perplexity. With an adapter, the base model (adapter switched off)
-is reported beside it. The report holds numbers only; generated answers and record text are
-added solely with ``include_examples``.
+Models audited side by side ("variants"): with ``--adapter``, the base model (adapter off) and the
+unlearned model; without, the model itself; plus a reference model never trained on the forget set
+(``--reference``), or that reference's statistics from an earlier report (``--reference-report``).
+Per set and variant the suites' metrics (``forgetkit.audit.evaluate``); across sets MIA AUCs and
+Model Utility; against the reference Forget Quality and PrivLeak; then attacks and a verdict.
+
+Writes the JSON report (every number, per-record arrays) and beside it ``<name>.md``,
+``<name>.html`` and ``<name>.plots/``. Reports hold numbers only: record text, generated
+answers and secrets are added solely with ``include_examples``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import datetime as dt
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from peft import PeftModel
 
-from forgetkit.artifacts import SCHEMA_VERSION, check_artifact, input_record, write_json
 from forgetkit import __version__
-from forgetkit.console import console
-from forgetkit.data import Example, Record
-from forgetkit.metrics.extraction import extraction_likelihood, mean, memorisation_accuracy, teacher_forced
-from forgetkit.metrics.rouge import answer_rouge, greedy_answers
+from forgetkit.artifacts import check_artifact, input_record, write_json
+from forgetkit.audit import aggregate
+from forgetkit.audit.attacks import ATTACKS, AttackParams, paraphrase_attack, quantize_attack, relearn_attack, sampling_attack
+from forgetkit.audit.evaluate import SUITES, EvalOptions, evaluate_set
+from forgetkit.audit.reference import REPORT_KIND, reference_from_report
+from forgetkit.audit.report import write_readable
+from forgetkit.audit.sets import EvalSet, load_eval_set
+from forgetkit.audit.verdict import VerdictThresholds, decide
+from forgetkit.console import console, progress_bar
+from forgetkit.errors import ForgetkitError
 from forgetkit.models import LoadedModel, load_model
-from forgetkit.stages.common import load_examples, table
+from forgetkit.stages.common import table
 
-SUMMARY_KEYS = ("el5", "el10", "ma", "rouge_l", "nll", "perplexity")
+REPORT_SCHEMA_VERSION = 2
+SUMMARY_KEYS = ("rouge_l", "el10", "em", "probability", "truth_ratio", "canary_exposure", "nll")
 
 
 @dataclasses.dataclass
 class AuditParams:
-    max_new_tokens: int = 128
+    suites: tuple[str, ...] = ("all",)
+    attacks: tuple[str, ...] = ()
+    max_new_tokens: int = 200
     batch_size: int = 16
     generation_batch_size: int = 32
+    canary_candidates: int = 255
     include_examples: bool = False
     model_dtype: str = "auto"
     truncate: bool = False
+    attack: AttackParams = dataclasses.field(default_factory=AttackParams)
+    thresholds: VerdictThresholds = dataclasses.field(default_factory=VerdictThresholds)
 
 
-def evaluate_set(
-    model: torch.nn.Module, loaded: LoadedModel, records: list[Record], examples: list[Example], params: AuditParams
-) -> dict[str, Any]:
-    tokenizer = loaded.tokenizer
-    forced = teacher_forced(model, examples, tokenizer.pad_token_id, params.batch_size)
-    el = extraction_likelihood(model, tokenizer, examples, ns=(5, 10), batch_size=params.generation_batch_size)
-    ma = memorisation_accuracy(forced)
-    nll = [sum(t["nll"]) / len(t["nll"]) for t in forced]
-    qa = [i for i, r in enumerate(records) if r.is_qa]
-    answers = [""] * len(records)
-    if qa:
-        generated = greedy_answers(
-            model, tokenizer, [examples[i] for i in qa], params.max_new_tokens, params.generation_batch_size
-        )
-        for i, answer in zip(qa, generated):
-            answers[i] = answer
-    rouge = answer_rouge(records, answers)
-    total_nll = sum(sum(t["nll"]) for t in forced)
-    total_tokens = sum(len(t["nll"]) for t in forced)
-    summary = {
-        "el5": mean(el[5]),
-        "el10": mean(el[10]),
-        "ma": mean(ma),
-        "rouge_l": mean(rouge),
-        "nll": mean(nll),
-        "perplexity": math.exp(total_nll / max(total_tokens, 1)),
-        "records": len(records),
-    }
-    per_example: dict[str, Any] = {"el5": el[5], "el10": el[10], "ma": ma, "rouge_l": rouge, "nll": nll}
-    if params.include_examples:
-        per_example["generated_answer"] = answers
-        per_example["record"] = [r.fields for r in records]
-    return {"summary": summary, "per_example": per_example}
+def parse_names(values: tuple[str, ...] | list[str], known: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """Comma- or repeat-separated names; ``all`` expands to every known one."""
+    names = [n.strip() for value in values for n in str(value).split(",") if n.strip()]
+    if "all" in names:
+        return known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ForgetkitError(f"unknown {what} '{unknown[0]}'; choose from {', '.join(known)} or all")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    model: torch.nn.Module
+    context: Callable[[], Any]
+    materialise: Callable[[], torch.nn.Module]  # a fresh plain copy, for attacks that change weights
+
+
+def _check_suites(requested: tuple[str, ...], explicit: bool, sets: dict[str, EvalSet]) -> tuple[str, ...]:
+    """Drop suites the data cannot serve when ``all`` was asked; refuse when one was named."""
+    suites = list(requested)
+    if "mia" in suites and "holdout" not in sets:
+        if explicit:
+            raise ForgetkitError("the mia suite needs a held-out set the model never saw (--holdout)")
+        suites.remove("mia")
+    if "tofu" in suites and sets["forget"].truth_ratio is None:
+        if explicit:
+            raise ForgetkitError(
+                f"{sets['forget'].source}: the tofu suite needs forget records with 'perturbed_answer' "
+                "(and 'paraphrased_answer') fields, as in TOFU"
+            )
+        suites.remove("tofu")
+    return tuple(suites)
+
+
+def _variants(loaded: LoadedModel, model_ref: str, adapter: str | None, params: AuditParams,
+              trust_remote_code: bool) -> list[Variant]:
+    def fresh_base() -> torch.nn.Module:
+        return load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code).model
+
+    if adapter is None:
+        return [Variant("model", loaded.model, nullcontext, fresh_base)]
+    check_artifact(adapter, "unlearn", loaded.info)
+    peft_model = PeftModel.from_pretrained(loaded.model, adapter)
+    peft_model.eval()
+    return [
+        Variant("base", peft_model, peft_model.disable_adapter, fresh_base),
+        Variant("unlearned", peft_model, nullcontext,
+                lambda: PeftModel.from_pretrained(fresh_base(), adapter).merge_and_unload()),
+    ]
+
+
+def _reference_variant(reference: str, loaded: LoadedModel, params: AuditParams, trust_remote_code: bool) -> Variant:
+    ref = load_model(reference, dtype=params.model_dtype, device=next(loaded.model.parameters()).device,
+                     trust_remote_code=trust_remote_code)
+    if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
+        raise ForgetkitError(f"{reference}: the reference model's tokenizer differs from the audited model's")
+    return Variant("reference", ref.model, nullcontext,
+                   lambda: load_model(reference, dtype=params.model_dtype, trust_remote_code=trust_remote_code).model)
+
+
+def audit_variant(variant: Variant, loaded: LoadedModel, sets: dict[str, EvalSet], options: EvalOptions,
+                  params: AuditParams, advance: Callable[..., None]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sets": {}}
+    with variant.context():
+        for name, evalset in sets.items():
+            out["sets"][name] = evaluate_set(variant.model, loaded.tokenizer, evalset, options)
+            advance()
+        out["mia"] = aggregate.membership(out["sets"]) if "mia" in options.suites else {}
+        out["tofu"] = {"model_utility": aggregate.utility(out["sets"])} if "tofu" in options.suites else {}
+        out["reference_stats"] = aggregate.reference_stats(out)
+        attacks: dict[str, Any] = {}
+        for attack in params.attacks:
+            if attack == "paraphrase":
+                attacks[attack] = paraphrase_attack(variant.model, loaded, sets["forget"], options)
+            elif attack == "quantize":
+                kept = {k: v for k, v in sets.items() if k in ("forget", "retain")}
+                attacks[attack] = quantize_attack(variant.model, variant.materialise, loaded, kept, options, params.attack)
+            elif attack == "relearn":
+                attacks[attack] = relearn_attack(variant.materialise, loaded, sets, options, params.attack)
+            elif attack == "sampling":
+                attacks[attack] = sampling_attack(variant.model, loaded, sets, options, params.attack)
+            advance()
+        out["attacks"] = attacks
+    return out
 
 
 def run_audit(
@@ -82,56 +152,120 @@ def run_audit(
     forget: str,
     retain: str | None = None,
     holdout: str | None = None,
+    real_authors: str | None = None,
+    world_facts: str | None = None,
     adapter: str | None = None,
+    reference: str | None = None,
+    reference_report: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
+    output = Path(output)
+    if reference and reference_report:
+        raise ForgetkitError("give either --reference or --reference-report, not both")
+    explicit = "all" not in params.suites
+    suites = parse_names(params.suites, SUITES, "suite")
+    attack_names = parse_names(params.attacks, ATTACKS, "attack") if params.attacks else ()
+    params = dataclasses.replace(params, suites=suites, attacks=attack_names)
+
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
-    sources = {name: path for name, path in (("forget", forget), ("retain", retain), ("holdout", holdout)) if path}
-    data = {name: load_examples(path, loaded, truncate=params.truncate) for name, path in sources.items()}
+    sources = {"forget": forget, "retain": retain, "holdout": holdout, "real_authors": real_authors,
+               "world_facts": world_facts}
+    sources = {role: path for role, path in sources.items() if path}
+    sets = {
+        role: load_eval_set(role, path, loaded, truncate=params.truncate,
+                            canary_candidates=params.canary_candidates if "extraction" in suites else 0,
+                            need_truth_ratio="tofu" in suites)
+        for role, path in sources.items()
+    }
+    suites = _check_suites(suites, explicit, sets)
+    params = dataclasses.replace(params, suites=suites)
+    forget_sha = input_record(forget).get("sha256", "")
+    reference_stats = reference_from_report(reference_report, forget_sha) if reference_report else None
 
-    variants: dict[str, Any] = {}
-    model: torch.nn.Module = loaded.model
-    if adapter is not None:
-        check_artifact(adapter, "unlearn", loaded.info)
-        model = PeftModel.from_pretrained(loaded.model, adapter)
-        variants["base"] = model.disable_adapter
-        variants["unlearned"] = nullcontext
-    else:
-        variants["model"] = nullcontext
-
+    variants = _variants(loaded, model_ref, adapter, params, trust_remote_code)
+    if reference:
+        variants.append(_reference_variant(reference, loaded, params, trust_remote_code))
+    options = EvalOptions(suites, params.max_new_tokens, params.batch_size, params.generation_batch_size,
+                          params.include_examples)
     results: dict[str, Any] = {}
-    for variant, context in variants.items():
-        with context():
-            results[variant] = {
-                name: evaluate_set(model, loaded, records, examples, params) for name, (records, examples) in data.items()
-            }
+    steps = len(variants) * (len(sets) + len(params.attacks))
+    with progress_bar("auditing", steps) as advance:
+        for variant in variants:
+            results[variant.name] = audit_variant(variant, loaded, sets, options, params, advance)
+
+    if reference:
+        reference_stats = {**results["reference"]["reference_stats"], "source": {"model": reference}}
+    for name, value in results.items():
+        if name == "reference":
+            continue
+        if reference_stats:
+            value.setdefault("tofu", {}).update(aggregate.compare_with_reference(value, reference_stats))
+        value["verdict"] = decide(value, params.thresholds)
 
     report = {
-        "schema_version": SCHEMA_VERSION,
+        "kind": REPORT_KIND,
+        "schema_version": REPORT_SCHEMA_VERSION,
         "stage": "audit",
         "forgetkit_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": dataclasses.asdict(loaded.info),
         "adapter": input_record(adapter) if adapter else None,
+        "reference": reference_stats,
         "inputs": {name: input_record(path) for name, path in sources.items()},
+        "suites": list(suites),
+        "attacks": list(params.attacks),
         "parameters": dataclasses.asdict(params),
+        "redacted": not params.include_examples,
         "results": results,
     }
+    readable = write_readable(report, output.with_suffix(".md"), output.with_suffix(".html"),
+                              output.with_name(output.stem + ".plots"))
     write_json(output, report)
     console.print(summary_table(results))
-    console.print(f"[green]wrote[/] {output}")
+    if (mia := mia_table(results)) is not None:
+        console.print(mia)
+    console.print(verdict_lines(results))
+    console.print(f"[green]wrote[/] {output}, {readable[0].name}, {readable[1].name} and {len(readable) - 2} plots")
     return report
 
 
 def summary_table(results: dict[str, Any]):
     variants = list(results)
-    sets = list(next(iter(results.values())))
-    columns = ["metric"]
-    for name in sets:
-        columns += [f"{name} {v}" for v in variants] if len(variants) > 1 else [name]
+    sets = list(next(iter(results.values()))["sets"])
+    columns = ["metric"] + [f"{s} {v}" if len(variants) > 1 else s for s in sets for v in variants]
     rows = []
     for key in SUMMARY_KEYS:
-        row: list[Any] = [key]
-        for name in sets:
-            row += [results[v][name]["summary"][key] for v in variants]
-        rows.append(row)
+        row: list[Any] = [key] + [results[v]["sets"][s]["summary"].get(key) for s in sets for v in variants]
+        if any(x is not None for x in row[1:]):
+            rows.append(row)
     return table("Audit", columns, rows)
+
+
+def mia_table(results: dict[str, Any]):
+    rows = []
+    for variant, value in results.items():
+        for member, scores in value.get("mia", {}).items():
+            rows.append([f"{variant}: {member} vs held-out"] + [scores[s]["auc"] for s in scores])
+    if not rows:
+        return None
+    scores = list(next(v for v in results.values() if v.get("mia"))["mia"]["forget"])
+    return table("Membership inference AUC (0.5 = indistinguishable)", ["model: sets"] + scores, rows)
+
+
+def verdict_lines(results: dict[str, Any]) -> str:
+    lines = []
+    for name, value in results.items():
+        if "verdict" not in value:
+            continue
+        verdict = value["verdict"]
+        colour = {"forgotten": "green", "partially forgotten": "yellow"}.get(verdict["verdict"], "red")
+        failed = f" (failed: {', '.join(verdict['failed'])})" if verdict["failed"] else ""
+        tofu = value.get("tofu", {})
+        extra = "".join(
+            f", {label} {tofu[key]:.4g}" for key, label in (("forget_quality", "Forget Quality"),) if tofu.get(key) is not None
+        )
+        utility = (tofu.get("model_utility") or {}).get("value")
+        if utility is not None:
+            extra += f", Model Utility {utility:.4g}"
+        lines.append(f"{name}: [{colour}]{verdict['verdict']}[/]{failed}{extra}")
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from forgetkit.adapters import add_reference_adapter, build_peft_model, load_ini
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
 from forgetkit.errors import ForgetkitError
-from forgetkit.metrics.extraction import extraction_likelihood, mean, memorisation_accuracy, teacher_forced
+from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, load_model
 from forgetkit.registry import load_loss
 from forgetkit.stages.common import load_examples, table
@@ -37,14 +37,14 @@ class UnlearnParams:
 
 
 def forgetting_status(model, tokenizer, forget, holdout) -> dict[str, float]:
-    """EL10 and MA on forget and held-out examples (Jang et al. 2023's stopping rule: the forget
+    """EL10 and exact memorisation (answer-token MA) on forget and held-out examples (Jang et al. 2023's stopping rule: the forget
     set counts as forgotten once it is no more extractable than data the model never saw)."""
     status = {}
     for label, examples in (("forget", forget), ("holdout", holdout)):
         el = extraction_likelihood(model, tokenizer, examples, ns=(10,))[10]
-        ma = memorisation_accuracy(teacher_forced(model, examples, tokenizer.pad_token_id))
+        em = exact_memorisation(teacher_forced(model, examples, tokenizer.pad_token_id))
         status[f"{label}_el10"] = mean(el) or 0.0
-        status[f"{label}_ma"] = mean(ma) or 0.0
+        status[f"{label}_em"] = mean(em) or 0.0
     return status
 
 
@@ -99,8 +99,8 @@ def run_unlearn(
         status = forgetting_status(model, tokenizer, original_forget, holdout_examples)
         console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in status.items()))
         # "<=": a never-seen set often has EL10 exactly 0, and matching it is the goal.
-        if status["forget_el10"] <= status["holdout_el10"] and status["forget_ma"] <= status["holdout_ma"]:
-            return f"forgotten after epoch {epoch}: forget EL10 and MA at or below the held-out set's"
+        if status["forget_el10"] <= status["holdout_el10"] and status["forget_em"] <= status["holdout_em"]:
+            return f"forgotten after epoch {epoch}: forget EL10 and EM at or below the held-out set's"
         return None
 
     result = train(

@@ -1,0 +1,1 @@
+"""The audit: per-set metrics, membership inference, attacks, verdict and reports."""

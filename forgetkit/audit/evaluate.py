@@ -1,0 +1,146 @@
+"""Every per-set metric of one model: a teacher-forced pass, greedy answers, EL_n, truth ratios and
+canary ranks, with per-record values kept beside the set's summary.
+
+Suites pick what runs: ``extraction`` (EL5/EL10, MA, EM, ES, ROUGE-L, canary exposure), ``tofu``
+(probability, ROUGE-L, truth ratio; Forget Quality and Model Utility are computed across sets) and
+``mia`` (per-record membership scores; the AUCs are computed across sets). Cheap numbers from the
+teacher-forced pass (NLL, probability, EM, MA, ES) are always reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from forgetkit.audit.sets import EvalSet
+from forgetkit.metrics import tofu
+from forgetkit.metrics.canary import exposure
+from forgetkit.metrics.extraction import (
+    exact_memorisation,
+    extraction_likelihood,
+    extraction_strength,
+    mean,
+    memorisation_accuracy,
+    teacher_forced,
+)
+from forgetkit.metrics.mia import SCORES, membership_scores
+from forgetkit.metrics.rouge import greedy_answers, rouge_l_recall
+
+SUITES = ("extraction", "tofu", "mia")
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    suites: tuple[str, ...] = SUITES
+    max_new_tokens: int = 200
+    batch_size: int = 16
+    generation_batch_size: int = 32
+    include_examples: bool = False
+
+
+def mean_nll(per_token: list[dict[str, list[float]]]) -> list[float]:
+    return [sum(t["nll"]) / len(t["nll"]) for t in per_token]
+
+
+def answer_rouge(model, tokenizer, evalset: EvalSet, options: EvalOptions) -> tuple[list[float | None], list[str]]:
+    answers = [""] * len(evalset.records)
+    qa = evalset.qa
+    if qa:
+        generated = greedy_answers(
+            model, tokenizer, [evalset.examples[i] for i in qa], options.max_new_tokens, options.generation_batch_size
+        )
+        for i, answer in zip(qa, generated):
+            answers[i] = answer
+    rouge = [rouge_l_recall(r["answer"], a) if r.is_qa else None for r, a in zip(evalset.records, answers)]
+    return rouge, answers
+
+
+def truth_ratios(model, pad: int, evalset: EvalSet, options: EvalOptions) -> dict[str, list[float | None]]:
+    """Raw R per record, and the normalised probability for sets without paraphrases."""
+    jobs = evalset.truth_ratio
+    n = len(evalset.records)
+    out: dict[str, list[float | None]] = {"truth_ratio": [None] * n}
+    if jobs is None:
+        return out
+    # Every answer of every question in one bucketed list: one forward pass per batch for all.
+    flat = list(jobs.correct) + [e for group in jobs.perturbed for e in group]
+    probs = [math.exp(-x) for x in mean_nll(teacher_forced(model, flat, pad, options.batch_size, detailed=False))]
+    correct, rest = probs[: len(jobs.correct)], probs[len(jobs.correct) :]
+    normalised: list[float | None] = [None] * n
+    offset = 0
+    for number, record_index in enumerate(jobs.records):
+        count = len(jobs.perturbed[number])
+        perturbed = rest[offset : offset + count]
+        offset += count
+        out["truth_ratio"][record_index] = tofu.truth_ratio(correct[number], perturbed)
+        if not jobs.has_paraphrase:
+            normalised[record_index] = tofu.normalised_probability(correct[number], perturbed)
+    if not jobs.has_paraphrase:
+        out["normalised_probability"] = normalised
+    return out
+
+
+def canary_exposures(model, pad: int, evalset: EvalSet, options: EvalOptions) -> list[float | None]:
+    jobs = evalset.canaries
+    values: list[float | None] = [None] * len(evalset.records)
+    if jobs is None:
+        return values
+    flat = [e for group in jobs.candidates for e in group]
+    # Whole-record log-likelihood: candidates may tokenise to different lengths, so sums, not means.
+    totals = [sum(t["nll"]) for t in teacher_forced(model, flat, pad, options.batch_size, detailed=False)]
+    offset = 0
+    for record_index, group in zip(jobs.records, jobs.candidates):
+        scores = totals[offset : offset + len(group)]
+        offset += len(group)
+        values[record_index] = exposure(scores[0], scores[1:])
+    return values
+
+
+@torch.no_grad()
+def evaluate_set(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, evalset: EvalSet, options: EvalOptions
+) -> dict[str, Any]:
+    pad = tokenizer.pad_token_id
+    suites = set(options.suites)
+    forced = teacher_forced(model, evalset.examples, pad, options.batch_size)
+    nll = mean_nll(forced)
+    per: dict[str, list[Any]] = {
+        "nll": nll,
+        "probability": [math.exp(-x) for x in nll],
+        "em": exact_memorisation(forced),
+        "ma": memorisation_accuracy(forced),
+        "es": extraction_strength(forced),
+    }
+    answers: list[str] = []
+    if suites & {"extraction", "tofu"}:
+        per["rouge_l"], answers = answer_rouge(model, tokenizer, evalset, options)
+    if "extraction" in suites:
+        el = extraction_likelihood(model, tokenizer, evalset.examples, ns=(5, 10), batch_size=options.generation_batch_size)
+        per["el5"], per["el10"] = el[5], el[10]
+        per["canary_exposure"] = canary_exposures(model, pad, evalset, options)
+    if "tofu" in suites:
+        ratios = truth_ratios(model, pad, evalset, options)
+        per["truth_ratio"] = ratios["truth_ratio"]
+        if "normalised_probability" in ratios:
+            per["probability_raw"] = per["probability"]
+            per["probability"] = ratios["normalised_probability"]
+    if "mia" in suites:
+        scores = [membership_scores(t, evalset.target_text(i)) for i, t in enumerate(forced)]
+        for name in SCORES:
+            per[f"mia_{name}"] = [s[name] for s in scores]
+
+    total_tokens = sum(len(t["nll"]) for t in forced)
+    summary: dict[str, Any] = {key: mean(values) for key, values in per.items() if not key.startswith("mia_")}
+    summary["perplexity"] = math.exp(sum(sum(t["nll"]) for t in forced) / max(total_tokens, 1))
+    if "truth_ratio" in per:
+        present = [r for r in per["truth_ratio"] if r is not None]
+        summary["truth_ratio"] = tofu.truth_ratio_summary(present, forget=evalset.role == "forget") if present else None
+    summary["records"] = len(evalset.records)
+    if options.include_examples:
+        per["generated_answer"] = answers or [""] * len(evalset.records)
+        per["record"] = [r.fields for r in evalset.records]
+    return {"summary": summary, "per_example": per}
