@@ -1,7 +1,7 @@
 """Audit speed on the TOFU forget10 set (400 questions) against (a) a one-by-one loop and (b) a raw
 batched ``generate`` over the same prompts.
 
-    python bench/audit_speed.py [--tofu ../shared/data/tofu] [--max-new-tokens 64] [--repeats 2]
+    python bench/audit_speed.py [--tofu ../shared/data/tofu] [--max-new-tokens 64] [--batch-size 16] [--repeats 2]
 
 Model: a random tiny Llama (hidden 256, 4 layers) with a BPE tokenizer trained on the TOFU text,
 built in a temporary folder. A random model never emits end-of-sequence, so every answer runs to
@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tofu", type=Path, default=ROOT.parent / "shared" / "data" / "tofu")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "audit_speed.json")
     args = parser.parse_args()

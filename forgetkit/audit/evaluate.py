@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from forgetkit.audit.sets import EvalSet
 from forgetkit.metrics import tofu
 from forgetkit.metrics.canary import exposure
+from forgetkit.metrics.likelihood import shared_prompt_nll
 from forgetkit.metrics.extraction import (
     exact_memorisation,
     extraction_likelihood,
@@ -66,19 +67,19 @@ def truth_ratios(model, pad: int, evalset: EvalSet, options: EvalOptions) -> dic
     out: dict[str, list[float | None]] = {"truth_ratio": [None] * n}
     if jobs is None:
         return out
-    # Every answer of every question in one bucketed list: one forward pass per batch for all.
-    flat = list(jobs.correct) + [e for group in jobs.perturbed for e in group]
-    probs = [math.exp(-x) for x in mean_nll(teacher_forced(model, flat, pad, options.batch_size, detailed=False))]
-    correct, rest = probs[: len(jobs.correct)], probs[len(jobs.correct) :]
+    # All answers of a question share one pass over the question (see metrics.likelihood).
+    items = [
+        (correct.input_ids[: correct.prompt_length],
+         [e.input_ids[e.prompt_length :] for e in [correct, *jobs.perturbed[number]]])
+        for number, correct in enumerate(jobs.correct)
+    ]
+    scores = shared_prompt_nll(model, pad, items, max_rows=options.batch_size)
     normalised: list[float | None] = [None] * n
-    offset = 0
     for number, record_index in enumerate(jobs.records):
-        count = len(jobs.perturbed[number])
-        perturbed = rest[offset : offset + count]
-        offset += count
-        out["truth_ratio"][record_index] = tofu.truth_ratio(correct[number], perturbed)
+        correct, *perturbed = [math.exp(-x) for x in scores[number]]
+        out["truth_ratio"][record_index] = tofu.truth_ratio(correct, perturbed)
         if not jobs.has_paraphrase:
-            normalised[record_index] = tofu.normalised_probability(correct[number], perturbed)
+            normalised[record_index] = tofu.normalised_probability(correct, perturbed)
     if not jobs.has_paraphrase:
         out["normalised_probability"] = normalised
     return out
