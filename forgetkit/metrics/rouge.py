@@ -8,7 +8,7 @@ import torch
 from rouge_score import rouge_scorer
 from transformers import PreTrainedTokenizerBase
 
-from forgetkit.data import Example, Record
+from forgetkit.data import Example
 from forgetkit.metrics.generation import greedy_generate
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -28,8 +28,3 @@ def greedy_answers(
     prompts = [e.input_ids[: e.prompt_length] for e in examples]
     generated = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
     return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
-
-
-def answer_rouge(records: Sequence[Record], answers: Sequence[str]) -> list[float | None]:
-    """Per record ROUGE-L recall against its answer; None for plain-text records (no answer)."""
-    return [rouge_l_recall(r["answer"], a) if r.is_qa else None for r, a in zip(records, answers)]
