@@ -24,17 +24,17 @@ def shared_prompt_nll(
 ) -> list[list[float]]:
     """For each (prompt ids, [target ids, ...]): the mean NLL of every target given the prompt.
 
-    Rows (one per target) are sorted by prompt length, then by their record's longest target, and
-    cut into batches of ``max_rows``: a batch's prompts all have one length (no padding there), its
-    targets little padding, and each distinct prompt of a batch is run once.
+    Rows (one per target) are sorted by prompt length, then by target length, and cut into batches
+    of ``max_rows``: a batch's prompts all have one length (no padding there), its targets little
+    padding, and each distinct prompt of a batch is run once.
     """
     device = next(model.parameters()).device
     results: list[list[float]] = [[0.0] * len(targets) for _, targets in items]
     rows = sorted(
         ((n, k) for n, (_, targets) in enumerate(items) for k in range(len(targets))),
-        # A record's answers stay together (its prompt is then run once), records ordered by their
-        # longest answer so a batch's answers have similar lengths.
-        key=lambda nk: (len(items[nk[0]][0]), max(map(len, items[nk[0]][1])), nk[0], nk[1]),
+        # Within one prompt length, rows ordered by their own target's length: less padding than
+        # keeping a record's answers together, and a prompt shared by rows of a batch still runs once.
+        key=lambda nk: (len(items[nk[0]][0]), len(items[nk[0]][1][nk[1]]), nk[0], nk[1]),
     )
     was_training = model.training
     model.eval()
