@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench tofu clean
 
 $(BIN)/forgetkit: pyproject.toml plugins/forgetkit-simnpo/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(BIN)/forgetkit
 bench: $(BIN)/forgetkit
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/audit_speed.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/llmeraser_speed.py
+
+tofu: $(BIN)/forgetkit
+	$(BIN)/python bench/tofu.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -107,7 +107,7 @@ def init(
 @user_errors
 def unlearn(
     model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
-    forget: str = typer.Argument(..., help="Forget set."),
+    forget: Optional[str] = typer.Argument(None, help="Forget set (not used by --method llmeraser)."),
     retain: Optional[str] = typer.Option(None, "--retain", help="Retain set."),
     init: Optional[str] = typer.Option(None, "--init", help="Init artifact from 'forgetkit init' (default: plain LoRA)."),
     loss: str = typer.Option("ihl", "--loss", help="ihl, ga, gd, npo, kl, idk or a plugin."),
@@ -126,14 +126,43 @@ def unlearn(
     holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out set for --until-forgotten."),
     until_forgotten: bool = typer.Option(False, "--until-forgotten", help="Stop once forget EL10 and MA fall below the held-out set's."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),
+    method: str = typer.Option("train", "--method", help="train (a new LoRA, --loss) or llmeraser (edit --adapter)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="llmeraser: the fine-tuned LoRA adapter to edit."),
+    train_set: Optional[str] = typer.Option(None, "--train", help="llmeraser: the set D the adapter was trained on."),
+    remove: Optional[str] = typer.Option(None, "--remove", help="llmeraser: records of D to remove."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="llmeraser: records of D with their new answer."),
+    modify: Optional[str] = typer.Option(None, "--modify", help="llmeraser: records with 'original_question' and a new question."),
+    solver: str = typer.Option("cg", "--solver", help="llmeraser: cg (conjugate gradient) or lissa."),
+    curvature: str = typer.Option("gauss-newton", "--curvature", help="llmeraser: gauss-newton (PSD) or hessian (exact)."),
+    damping: float = typer.Option(1e-3, "--damping", help="llmeraser: lambda added to the Hessian."),
+    tol: float = typer.Option(1e-4, "--tol", help="llmeraser: relative residual to stop at."),
+    max_iter: int = typer.Option(100, "--max-iter", help="llmeraser: solver iterations at most."),
+    hessian_samples: Optional[int] = typer.Option(None, "--hessian-samples", help="llmeraser: records of D for the Hessian (default all)."),
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
 ) -> None:
-    """Train a LoRA adapter that makes the model forget the forget set."""
+    """Make the model forget: train a LoRA adapter on the forget set, or (--method llmeraser) edit a
+    fine-tuned LoRA adapter with influence functions to remove, correct or modify training records."""
     from forgetkit.registry import parse_params
     from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
     from forgetkit.training import TrainConfig
+
+    if method == "llmeraser":
+        from forgetkit.stages.llmeraser import EraserParams, run_llmeraser
+
+        if adapter is None or train_set is None:
+            raise ForgetkitError("--method llmeraser needs --adapter (the fine-tuned LoRA) and --train (its data)")
+        eraser = EraserParams(solver=solver, curvature=curvature, damping=damping, weight_decay=weight_decay, tol=tol, max_iter=max_iter,
+                              hessian_samples=hessian_samples, seed=seed,
+                              model_dtype="float32" if model_dtype == "auto" else model_dtype, truncate=truncate)
+        run_llmeraser(model, adapter, train_set, output, eraser, remove=remove, correct=correct, modify=modify,
+                      trust_remote_code=trust_remote_code)
+        return
+    if method != "train":
+        raise ForgetkitError(f"unknown method '{method}'; choose train or llmeraser")
+    if forget is None:
+        raise ForgetkitError("missing the forget set (forgetkit unlearn MODEL FORGET.jsonl ...)")
 
     params = UnlearnParams(
         loss=loss,
@@ -192,6 +221,7 @@ def audit(
     relearn_lr: float = typer.Option(1e-3, "--relearn-lr"),
     seed: int = typer.Option(0, "--seed"),
     include_examples: bool = typer.Option(False, "--include-examples", help="Put record text and answers in the report."),
+    skip_base: bool = typer.Option(False, "--skip-base", help="With --adapter: audit only the unlearned model."),
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
@@ -203,7 +233,7 @@ def audit(
     params = AuditParams(
         suites=tuple(suite), attacks=tuple(attacks or ()), max_new_tokens=max_new_tokens, batch_size=batch_size,
         generation_batch_size=generation_batch_size, canary_candidates=canary_candidates,
-        include_examples=include_examples, model_dtype=model_dtype, truncate=truncate,
+        include_examples=include_examples, skip_base=skip_base, model_dtype=model_dtype, truncate=truncate,
         attack=AttackParams(relearn_steps=relearn_steps, relearn_lr=relearn_lr, samples=samples, seed=seed),
     )
     run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, real_authors=real_authors,

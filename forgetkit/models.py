@@ -86,13 +86,16 @@ def load_model(
     dtype: str = "auto",
     device: torch.device | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     device = device or default_device()
+    # Only passed when asked: the default lets transformers pick the fastest kernel it supports.
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model_dir, info = describe_model(model_ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+            model_dir, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, **extra
         )
     except (OSError, ValueError) as exc:
         raise ForgetkitError(f"{model_ref}: could not be loaded ({str(exc).strip().splitlines()[0]})") from None

@@ -58,7 +58,8 @@ def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Align position t's logits with token t+1; return (logits, targets with 0 at ignored, mask)."""
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up to float32; float64 stays
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     return logits, targets.masked_fill(~mask, 0), mask

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from forgetkit.console import console, progress_bar
-from forgetkit.data import batches, collate, encode, load_records
-from forgetkit.losses.base import logits_of, mean_nll
-from forgetkit.metrics.extraction import exact_memorisation, teacher_forced
+from forgetkit.benchmark.finetune import FineTuneConfig, fine_tune, tiny_llama_config
+from forgetkit.console import console
+from forgetkit.data import encode, load_records
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
 
@@ -37,22 +34,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
-def tiny_llama_config(vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def memorise(
     train_file: Path,
     out_dir: Path,
@@ -69,35 +50,12 @@ def memorise(
     records = load_records(train_file)
     raw = [json.loads(line) for line in train_file.read_text().splitlines() if line.strip()]
     tokenizer = train_tokenizer(corpus_text(raw), vocab_size)
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), tokenizer))
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
     examples = encode(records, tokenizer, context_length=256)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 50) * max(0.05, 1 - step / (max_epochs * steps_per_epoch))
-    )
-    generator = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    accuracy, epoch = 0.0, 0
-    with progress_bar("Memorising the quickstart corpus", max_epochs) as advance:
-        for epoch in range(1, max_epochs + 1):
-            model.train()
-            for group in batches(examples, batch_size, generator):
-                batch = collate(group, tokenizer.pad_token_id)
-                loss = mean_nll(logits_of(model, batch), batch["labels"])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            advance()
-            if epoch % 10 == 0:
-                accuracy = sum(exact_memorisation(teacher_forced(model, examples, tokenizer.pad_token_id))) / len(examples)
-                if accuracy >= target_accuracy:
-                    break
-    model.eval()
+    config = FineTuneConfig(lr=lr, epochs=max_epochs, batch_size=batch_size, weight_decay=0.0,
+                            target_accuracy=target_accuracy, seed=seed)
+    stats = fine_tune(model, tokenizer, examples, config, label="Memorising the quickstart corpus")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    stats = {"epochs": epoch, "teacher_forced_accuracy": accuracy, "seconds": round(time.perf_counter() - started, 1)}
-    console.print(f"memorised in {stats['epochs']} epochs, {stats['seconds']}s (token accuracy {accuracy:.3f})")
-    return stats
+    console.print(f"memorised in {stats['epochs']} epochs, {stats['seconds']}s (token accuracy {stats['answer_accuracy']:.3f})")
+    return {"epochs": stats["epochs"], "teacher_forced_accuracy": stats["answer_accuracy"], "seconds": stats["seconds"]}

@@ -50,6 +50,7 @@ class AuditParams:
     generation_batch_size: int = 32
     canary_candidates: int = 255
     include_examples: bool = False
+    skip_base: bool = False  # with an adapter: audit only the unlearned model (the base was audited already)
     model_dtype: str = "auto"
     truncate: bool = False
     attack: AttackParams = dataclasses.field(default_factory=AttackParams)
@@ -102,11 +103,11 @@ def _variants(loaded: LoadedModel, model_ref: str, adapter: str | None, params: 
     check_artifact(adapter, "unlearn", loaded.info)
     peft_model = PeftModel.from_pretrained(loaded.model, adapter)
     peft_model.eval()
-    return [
-        Variant("base", peft_model, peft_model.disable_adapter, fresh_base),
-        Variant("unlearned", peft_model, nullcontext,
-                lambda: PeftModel.from_pretrained(fresh_base(), adapter).merge_and_unload()),
-    ]
+    unlearned = Variant("unlearned", peft_model, nullcontext,
+                        lambda: PeftModel.from_pretrained(fresh_base(), adapter).merge_and_unload())
+    if params.skip_base:
+        return [unlearned]
+    return [Variant("base", peft_model, peft_model.disable_adapter, fresh_base), unlearned]
 
 
 def _reference_variant(reference: str, loaded: LoadedModel, params: AuditParams, trust_remote_code: bool) -> Variant:

@@ -1,0 +1,113 @@
+"""The TOFU benchmark at CPU scale: does IHL+FILA beat the baselines, and by how much?
+
+    python bench/tofu.py                                  # 40 authors, 4 forgotten: the full grid
+    python bench/tofu.py --methods ihl --inits fila --ranks 8 --forget-authors 1 --retain-authors 3 --holdout-authors 1
+    python bench/tofu.py --model microsoft/phi-1_5 --full # a real model on the whole benchmark (GPU)
+
+Builds (once, cached under --workdir) the full model fine-tuned on forget + retain and the
+reference fine-tuned on retain only, then unlearns the forget authors with every method x init x
+rank on the same step budget and audits each result (TOFU suite against the reference, MIA,
+extraction, attacks). Writes the results JSON, a Markdown table and the Forget Quality against
+Model Utility plot; see BENCHMARKS.md for the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from forgetkit.benchmark.finetune import FineTuneConfig
+from forgetkit.benchmark.plots import fq_mu_plot
+from forgetkit.benchmark.runner import ATTACKS, INITS, METHODS, RANKS, GridSpec, run_benchmark
+from forgetkit.benchmark.targets import TargetSpec, build_targets
+from forgetkit.benchmark.tofu_splits import SubsetSpec, write_splits
+from forgetkit.console import quiet_libraries
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def markdown(results: dict) -> str:
+    lines = ["| method | init | rank | FQ | MU | retain utility | forget ROUGE-L | retain ROUGE-L | MIA AUC (min-k++) | "
+             "int4 forget ROUGE-L | relearn forget ROUGE-L | sampling leak | wall s | peak MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def cell(value, digits=3):
+        if value is None:
+            return ""
+        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+    for label, row in (("reference (retain only)", results["reference"]), ("full (before)", results["full"])):
+        lines.append(f"| {label} | | | {cell(row['forget_quality'])} | {cell(row['model_utility'])} | "
+                     f"{cell(row['retain_utility'])} | {cell(row['forget_rouge_l'])} | {cell(row['retain_rouge_l'])} | {cell(row['mia_auc_min_k_pp'])} | "
+                     f"{cell(row.get('int4_forget_rouge_l'))} | {cell(row.get('relearn_forget_rouge_l'))} | "
+                     f"{cell(row.get('sampling_forget_leak_rate'))} | | |")
+    for run in results["runs"]:
+        lines.append(f"| {run['method']} | {run['init']} | {run['rank']} | {cell(run['forget_quality'])} | "
+                     f"{cell(run['model_utility'])} | {cell(run['retain_utility'])} | {cell(run['forget_rouge_l'])} | {cell(run['retain_rouge_l'])} | "
+                     f"{cell(run['mia_auc_min_k_pp'])} | {cell(run.get('int4_forget_rouge_l'))} | "
+                     f"{cell(run.get('relearn_forget_rouge_l'))} | {cell(run.get('sampling_forget_leak_rate'))} | "
+                     f"{run['wall_s']:.1f} | {run['peak_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tofu", type=Path, default=ROOT.parent / "shared" / "data" / "tofu")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "tofu-bench")
+    parser.add_argument("--model", default="tiny", help="'tiny' (trained from scratch on CPU) or a Hub id / folder")
+    parser.add_argument("--hidden-size", type=int, default=128, help="tiny model only")
+    parser.add_argument("--full", action="store_true", help="the whole benchmark: forget10 against retain90")
+    parser.add_argument("--forget-authors", type=int, default=4)
+    parser.add_argument("--retain-authors", type=int, default=36)
+    parser.add_argument("--holdout-authors", type=int, default=4)
+    parser.add_argument("--utility-rows", type=int, default=None,
+                        help="only the first N real-authors and world-facts rows (smoke tests)")
+    parser.add_argument("--methods", type=names, default=METHODS)
+    parser.add_argument("--inits", type=names, default=INITS)
+    parser.add_argument("--ranks", type=lambda t: tuple(int(r) for r in names(t)), default=RANKS)
+    parser.add_argument("--lr", type=float, default=GridSpec.lr)
+    parser.add_argument("--epochs", type=int, default=GridSpec.epochs)
+    parser.add_argument("--batch-size", type=int, default=GridSpec.batch_size)
+    parser.add_argument("--attacks", type=names, default=ATTACKS)
+    parser.add_argument("--samples", type=int, default=GridSpec.samples)
+    parser.add_argument("--max-new-tokens", type=int, default=GridSpec.max_new_tokens)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tofu")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the splits and both models, print DATA=, FULL=, REFERENCE= for a shell, stop")
+    args = parser.parse_args()
+    quiet_libraries()
+
+    subset = SubsetSpec(forget_authors=None) if args.full else SubsetSpec(
+        forget_authors=args.forget_authors, retain_authors=args.retain_authors, holdout_authors=args.holdout_authors,
+        utility_rows=args.utility_rows)
+    # TOFU's own fine-tuning recipe for real models; the tiny model is trained from scratch.
+    targets = TargetSpec.tiny(hidden_size=args.hidden_size) if args.model == "tiny" else TargetSpec(
+        model=args.model, finetune=FineTuneConfig(lr=1e-5, epochs=5, batch_size=32))
+    grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
+                    batch_size=args.batch_size, attacks=args.attacks, samples=args.samples,
+                    max_new_tokens=args.max_new_tokens)
+    if args.prepare_only:
+        splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
+        models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)
+        print(f"DATA={shlex.quote(str(splits['forget'].parent))}")
+        print(f"FULL={shlex.quote(str(models['full']))}")
+        print(f"REFERENCE={shlex.quote(str(models['reference']))}")
+        return
+    results = run_benchmark(args.tofu, args.workdir, subset, targets, grid)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{subset.name}-{targets.key()}"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(results))
+    fq_mu_plot(results, args.out / f"{stem}-fq-mu.png")
+    print(f"wrote {args.out / stem}.json, .md and -fq-mu.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Forget Quality against Model Utility, one point per method x init x rank, as in the TOFU and
+LoKU papers' figures (Forget Quality on a log scale: it is a p-value)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from forgetkit.artifacts import atomic_file  # noqa: E402
+
+METHOD_COLOURS = {"ga": "#d62728", "gd": "#ff7f0e", "npo": "#9467bd", "ihl": "#1f77b4"}
+INIT_MARKERS = {"lora": "o", "fila": "*"}
+FLOOR = 1e-20  # a p-value of 0 still has to show on a log axis
+
+
+def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(7, 5))
+    seen = set()
+    for run in results["runs"]:
+        if run["forget_quality"] is None or run["model_utility"] is None:
+            continue
+        label = f"{run['method'].upper()} + {run['init'].upper()}"
+        axis.scatter(run["model_utility"], max(run["forget_quality"], FLOOR),
+                     color=METHOD_COLOURS.get(run["method"], "#7f7f7f"), marker=INIT_MARKERS.get(run["init"], "s"),
+                     s=30 + 6 * run["rank"], alpha=0.8, label=None if label in seen else label,
+                     edgecolors="black", linewidths=0.4)
+        seen.add(label)
+    full = results["full"]
+    if full["forget_quality"] is not None and full["model_utility"] is not None:
+        axis.scatter(full["model_utility"], max(full["forget_quality"], FLOOR), color="black", marker="X", s=90,
+                     label="full model (before)")
+    if results["reference"]["model_utility"] is not None:
+        axis.axvline(results["reference"]["model_utility"], color="#2ca02c", linestyle="--", linewidth=1,
+                     label="reference utility")
+    axis.axhline(1.0, color="#2ca02c", linestyle=":", linewidth=1)
+    axis.set_yscale("log")
+    axis.set_xlabel("Model Utility")
+    axis.set_ylabel("Forget Quality (KS p-value, log)")
+    axis.set_title("TOFU: Forget Quality against Model Utility (marker size = rank)")
+    axis.legend(fontsize=7, loc="lower left")
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,204 @@
+"""The TOFU benchmark: every method x init x rank unlearns the same full model with the same step
+budget, and each result is audited against the retain-only reference.
+
+Work directory layout (everything cached; a rerun skips what is already there):
+
+    <workdir>/<subset>/data/           the splits (forgetkit.benchmark.tofu_splits)
+    <workdir>/<subset>/<targets>/      full/ and reference/ models, reference.json and full.json
+                                       audits, fisher.safetensors, runs/<method>-<init>-r<rank>/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from forgetkit.artifacts import write_json
+from forgetkit.audit.attacks import AttackParams
+from forgetkit.benchmark.measure import Measurement, measured
+from forgetkit.benchmark.targets import TargetSpec, build_targets
+from forgetkit.benchmark.tofu_splits import SubsetSpec, write_splits
+from forgetkit.console import console
+from forgetkit.metrics import tofu as tofu_metrics
+from forgetkit.stages.audit import AuditParams, run_audit
+from forgetkit.stages.common import table
+from forgetkit.stages.fisher import FisherParams, run_fisher
+from forgetkit.stages.init import InitParams, run_init
+from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+from forgetkit.training import TrainConfig
+
+METHODS = ("ga", "gd", "npo", "ihl")
+INITS = ("lora", "fila")
+RANKS = (4, 8, 16)
+ATTACKS = ("paraphrase", "quantize", "relearn", "sampling")
+
+
+@dataclasses.dataclass
+class GridSpec:
+    methods: tuple[str, ...] = METHODS
+    inits: tuple[str, ...] = INITS
+    ranks: tuple[int, ...] = RANKS
+    # One step budget for every method: epochs over the forget set at this batch size.
+    lr: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 8
+    attacks: tuple[str, ...] = ATTACKS
+    samples: int = 8
+    max_new_tokens: int = 64
+    seed: int = 0
+
+
+def stage_cost(measurement: Measurement) -> dict[str, float]:
+    return {"seconds": round(measurement.seconds, 2), "peak_mib": round(measurement.peak_mib, 1)}
+
+
+def audit_params(grid: GridSpec, attacks: tuple[str, ...], skip_base: bool = False) -> AuditParams:
+    return AuditParams(
+        suites=("tofu", "mia"), attacks=attacks, max_new_tokens=grid.max_new_tokens,
+        canary_candidates=0, skip_base=skip_base, attack=AttackParams(samples=grid.samples, seed=grid.seed),
+    )
+
+
+def audit_sets(splits: dict[str, Path]) -> dict[str, str | None]:
+    return {
+        "forget": str(splits["forget"]),
+        "retain": str(splits["retain_eval"]),
+        "holdout": str(splits["holdout"]) if "holdout" in splits else None,
+        "real_authors": str(splits["real_authors"]),
+        "world_facts": str(splits["world_facts"]),
+    }
+
+
+def summarise_variant(variant: dict[str, Any]) -> dict[str, Any]:
+    """The figures the benchmark table shows, out of one audited model's report entry."""
+    sets, tofu = variant["sets"], variant.get("tofu", {})
+    row: dict[str, Any] = {
+        "forget_quality": tofu.get("forget_quality"),
+        "model_utility": (tofu.get("model_utility") or {}).get("value"),
+        # Model Utility's retain third alone: the harmonic mean of the retain set's three numbers.
+        "retain_utility": _harmonic([sets["retain"]["summary"].get(k) for k in ("probability", "rouge_l", "truth_ratio")]),
+        "forget_rouge_l": sets["forget"]["summary"].get("rouge_l"),
+        "forget_truth_ratio": sets["forget"]["summary"].get("truth_ratio"),
+        "retain_rouge_l": sets["retain"]["summary"].get("rouge_l"),
+        "mia_auc_min_k_pp": variant.get("mia", {}).get("forget", {}).get("min_k_pp", {}).get("auc"),
+        "privleak_min_k_pp": (tofu.get("privleak") or {}).get("min_k_pp"),
+        "verdict": variant.get("verdict", {}).get("verdict"),
+    }
+    attacks = variant.get("attacks", {})
+    if "paraphrase" in attacks and "attacked" in attacks["paraphrase"]:
+        row["paraphrase_forget_rouge_l"] = attacks["paraphrase"]["attacked"]["rouge_l"]
+    if "quantize" in attacks and "int4" in attacks["quantize"]:
+        row["int4_forget_rouge_l"] = attacks["quantize"]["int4"]["forget"]["rouge_l"]
+    if "relearn" in attacks and "forget" in attacks["relearn"]:
+        row["relearn_forget_rouge_l"] = attacks["relearn"]["forget"]["attacked"]["rouge_l"]
+    if "sampling" in attacks and "forget" in attacks["sampling"]:
+        row["sampling_forget_leak_rate"] = attacks["sampling"]["forget"].get("leak_rate")
+    return row
+
+
+def _harmonic(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else tofu_metrics.harmonic_mean(values)
+
+
+def run_benchmark(tofu: Path, workdir: Path, subset: SubsetSpec, targets: TargetSpec, grid: GridSpec) -> dict[str, Any]:
+    root = workdir / subset.name
+    splits = write_splits(tofu, subset, root / "data")
+    folder = root / targets.key()
+    with measured() as building:
+        models = build_targets(tofu, splits, folder, targets)
+    full, reference = str(models["full"]), str(models["reference"])
+    sets = audit_sets(splits)
+
+    reference_report = folder / "reference.json"
+    if not reference_report.is_file():
+        run_audit(reference, reference_report, audit_params(grid, ()), **sets)
+    full_report = folder / "full.json"
+    if not full_report.is_file():
+        run_audit(full, full_report, audit_params(grid, grid.attacks), reference_report=str(reference_report), **sets)
+    reference_row = summarise_variant(json.loads(reference_report.read_text())["results"]["model"])
+    full_row = summarise_variant(json.loads(full_report.read_text())["results"]["model"])
+
+    fisher_path = folder / "fisher.safetensors"
+    fisher_cost = None
+    if "fila" in grid.inits:
+        with measured() as fisher_run:
+            if not fisher_path.is_file():
+                run_fisher(full, str(splits["forget"]), str(splits["retain"]), fisher_path, FisherParams())
+        fisher_cost = stage_cost(fisher_run)
+
+    runs = []
+    for method in grid.methods:
+        for init in grid.inits:
+            for rank in grid.ranks:
+                runs.append(run_one(full, splits, sets, folder, reference_report, fisher_path, method, init, rank, grid))
+    results = {
+        "subset": dataclasses.asdict(subset),
+        "targets": {"spec": dataclasses.asdict(targets), "build": stage_cost(building), **_finetune_stats(folder)},
+        "grid": dataclasses.asdict(grid),
+        "reference": reference_row,
+        "full": full_row,
+        "fisher": fisher_cost,
+        "runs": runs,
+    }
+    write_json(root / f"results-{targets.key()}.json", results)
+    console.print(results_table(results))
+    return results
+
+
+def _finetune_stats(folder: Path) -> dict[str, Any]:
+    out = {}
+    for target in ("full", "reference"):
+        path = folder / target / "finetune.json"
+        if path.is_file():
+            stats = json.loads(path.read_text())
+            out[target] = {k: stats[k] for k in ("epochs", "answer_accuracy", "seconds") if k in stats}
+    return out
+
+
+def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], folder: Path, reference_report: Path,
+            fisher_path: Path, method: str, init: str, rank: int, grid: GridSpec) -> dict[str, Any]:
+    """Init, unlearn and audit one configuration; a finished run (run.json) is read back, not redone."""
+    run_dir = folder / "runs" / f"{method}-{init}-r{rank}"
+    record = run_dir / "run.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with measured() as init_run:
+        run_init(full, run_dir / "init", InitParams(scheme=init, rank=rank, seed=grid.seed),
+                 fisher=str(fisher_path) if init == "fila" else None)
+    train = TrainConfig(lr=grid.lr, epochs=grid.epochs, batch_size=grid.batch_size, micro_batch_size=grid.batch_size,
+                        seed=grid.seed)
+    with measured() as unlearn_run:
+        run_unlearn(full, str(splits["forget"]), run_dir / "adapter", UnlearnParams(loss=method, train=train),
+                    retain=str(splits["retain"]), init=str(run_dir / "init"))
+    with measured() as audit_run:
+        report = run_audit(full, run_dir / "report.json", audit_params(grid, grid.attacks, skip_base=True),
+                           adapter=str(run_dir / "adapter"), reference_report=str(reference_report), **sets)
+    row = {
+        "method": method, "init": init, "rank": rank,
+        **summarise_variant(report["results"]["unlearned"]),
+        "stages": {"init": stage_cost(init_run), "unlearn": stage_cost(unlearn_run), "audit": stage_cost(audit_run)},
+    }
+    row["wall_s"] = round(init_run.seconds + unlearn_run.seconds, 2)
+    row["peak_mib"] = round(max(init_run.peak_mib, unlearn_run.peak_mib), 1)
+    write_json(record, row)
+    return row
+
+
+def results_table(results: dict[str, Any]):
+    columns = ["model", "FQ", "MU", "forget ROUGE-L", "retain ROUGE-L", "MIA AUC", "int4 ROUGE-L",
+               "relearn ROUGE-L", "wall s", "peak MiB"]
+    rows = [
+        ["reference (retain only)", None, results["reference"]["model_utility"], results["reference"]["forget_rouge_l"],
+         results["reference"]["retain_rouge_l"], results["reference"]["mia_auc_min_k_pp"], None, None, None, None],
+        ["full (before unlearning)", results["full"]["forget_quality"], results["full"]["model_utility"],
+         results["full"]["forget_rouge_l"], results["full"]["retain_rouge_l"], results["full"]["mia_auc_min_k_pp"],
+         results["full"].get("int4_forget_rouge_l"), results["full"].get("relearn_forget_rouge_l"), None, None],
+    ]
+    for run in results["runs"]:
+        rows.append([f"{run['method']} {run['init']} r{run['rank']}", run["forget_quality"], run["model_utility"],
+                     run["forget_rouge_l"], run["retain_rouge_l"], run["mia_auc_min_k_pp"], run.get("int4_forget_rouge_l"),
+                     run.get("relearn_forget_rouge_l"), run["wall_s"], run["peak_mib"]])
+    return table("TOFU benchmark", columns, rows)

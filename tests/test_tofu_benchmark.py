@@ -1,0 +1,113 @@
+"""The TOFU benchmark at its smallest size (1 author forgotten, 3 retained, 1 held out), end to end:
+the splits are TOFU's, the full model really memorised the forget author, the retain-only reference
+did not, and IHL + FILA brings the forget author's answers down."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetkit.benchmark.measure import measured
+from forgetkit.benchmark.runner import GridSpec, run_benchmark
+from forgetkit.benchmark.targets import TargetSpec
+from forgetkit.benchmark.tofu_splits import SubsetSpec, select, write_splits
+from forgetkit.errors import ForgetkitError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOFU = Path(os.environ.get("FORGETKIT_TOFU") or ROOT.parent / "shared" / "data" / "tofu")
+# CI always has shared/ beside the clone: there a missing copy fails instead of skipping.
+needs_tofu = pytest.mark.skipif(not (TOFU / "forget10.jsonl").is_file() and not os.environ.get("CI"),
+                                reason="TOFU splits not in ../shared/data/tofu (set FORGETKIT_TOFU)")
+
+
+@needs_tofu
+def test_subset_keeps_authors_apart(tmp_path):
+    spec = SubsetSpec(forget_authors=2, retain_authors=5, holdout_authors=1)
+    rows = select(TOFU, spec)
+    assert [len(rows[k]) for k in ("forget", "retain", "holdout")] == [40, 100, 20]
+    questions = {k: {r["question"] for r in rows[k]} for k in ("forget", "retain", "holdout")}
+    assert not questions["forget"] & questions["retain"]
+    assert not questions["holdout"] & (questions["forget"] | questions["retain"])
+    # The forget and held-out authors are forget10's first three, in order, 20 questions each.
+    forget10 = [json.loads(line)["question"] for line in (TOFU / "forget10.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows["forget"] + rows["holdout"]] == forget10[:60]
+    assert {r["question"] for r in rows["retain_eval"]} <= questions["retain"]
+    assert len(rows["full_train"]) == 140 and len(rows["reference_train"]) == 100
+    paths = write_splits(TOFU, spec, tmp_path / "data")
+    assert sum(1 for _ in paths["forget"].open()) == 40
+    capped = select(TOFU, dataclasses.replace(spec, utility_rows=7))
+    assert len(capped["real_authors"]) == len(capped["world_facts"]) == 7
+    assert capped["real_authors"] == rows["real_authors"][:7] and len(rows["world_facts"]) > 100
+    with pytest.raises(ForgetkitError, match="authors"):
+        select(TOFU, SubsetSpec(forget_authors=15, retain_authors=5, holdout_authors=6))
+
+
+def test_measured_sees_a_block_s_own_memory():
+    with measured() as m:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB of float32, touched
+        block.add_(1)
+    del block
+    assert 60 <= m.peak_mib <= 200 and m.seconds > 0
+    with measured() as idle:
+        pass
+    assert idle.peak_mib < 16
+
+
+# 20 real-authors and 20 world-facts rows (of 100 and 117) keep Model Utility's shape at a fifth of the cost.
+SMALLEST = SubsetSpec(forget_authors=1, retain_authors=3, holdout_authors=1, utility_rows=20)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    """Shared by the tests below: the full and reference models are built once."""
+    return tmp_path_factory.mktemp("tofu-bench")
+
+
+@needs_tofu
+def test_smallest_benchmark_memorises_then_forgets(bench_dir):
+    grid = GridSpec(methods=("ihl",), inits=("fila",), ranks=(8,), attacks=(), max_new_tokens=48)
+    results = run_benchmark(TOFU, bench_dir, SMALLEST, TargetSpec.tiny(), grid)
+
+    full, reference, (run,) = results["full"], results["reference"], results["runs"]
+    # The full model trained on the forget author and answers like it; the reference never saw them.
+    assert results["targets"]["full"]["answer_accuracy"] >= 0.97
+    assert full["forget_rouge_l"] >= 0.6
+    assert full["forget_rouge_l"] >= reference["forget_rouge_l"] + 0.4
+    assert full["mia_auc_min_k_pp"] >= 0.9
+    # Unlearning brings the forget answers down and keeps most of the retained ones.
+    assert run["forget_rouge_l"] <= 0.5 * full["forget_rouge_l"]
+    assert run["retain_rouge_l"] >= 0.6 * full["retain_rouge_l"]
+    assert 0.0 <= run["forget_quality"] <= 1.0 and run["model_utility"] > 0
+    assert run["stages"]["unlearn"]["seconds"] > 0
+    # Runs audit the adapter alone (--skip-base): the full model was audited once, before.
+    run_report = json.loads(next(bench_dir.glob("*/*/runs/ihl-fila-r8/report.json")).read_text())
+    assert set(run_report["results"]) == {"unlearned"}
+    # Everything is cached: a second run reads the finished run back instead of redoing it.
+    again = run_benchmark(TOFU, bench_dir, SMALLEST, TargetSpec.tiny(), grid)
+    assert again["runs"] == results["runs"]
+
+
+@needs_tofu
+def test_recipe_chains_the_stages_against_the_reference(bench_dir):
+    """recipes/tofu.sh through the CLI: reference audited once, FILA + IHL, audit with every attack."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHON": sys.executable}
+    args = ["--tofu", str(TOFU), "--forget-authors", "1", "--retain-authors", "3", "--holdout-authors", "1",
+            "--utility-rows", "20"]
+    result = subprocess.run(["bash", str(ROOT / "recipes" / "tofu.sh"), str(bench_dir), *args],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((bench_dir / "report.json").read_text())
+    assert report["reference"]["source"]["report"].endswith("reference.json")
+    base, after = report["results"]["base"], report["results"]["unlearned"]
+    assert base["sets"]["forget"]["summary"]["rouge_l"] >= 0.6
+    assert after["sets"]["forget"]["summary"]["rouge_l"] <= 0.5 * base["sets"]["forget"]["summary"]["rouge_l"]
+    # Forget Quality against the retain-only reference rises from the memorising base's.
+    assert after["tofu"]["forget_quality"] > base["tofu"]["forget_quality"]
+    assert set(after["attacks"]) == {"paraphrase", "quantize", "relearn", "sampling"}
