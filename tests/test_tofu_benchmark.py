@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from forgetkit.benchmark.measure import measured
 from forgetkit.benchmark.runner import GridSpec, run_benchmark
-from forgetkit.benchmark.targets import TargetSpec
+from forgetkit.benchmark.finetune import FineTuneConfig
+from forgetkit.benchmark.targets import TargetSpec, build_targets
 from forgetkit.benchmark.tofu_splits import SubsetSpec, select, write_splits
 from forgetkit.errors import ForgetkitError
 
@@ -111,3 +113,27 @@ def test_recipe_chains_the_stages_against_the_reference(bench_dir):
     # Forget Quality against the retain-only reference rises from the memorising base's.
     assert after["tofu"]["forget_quality"] > base["tofu"]["forget_quality"]
     assert set(after["attacks"]) == {"paraphrase", "quantize", "relearn", "sampling"}
+
+
+@needs_tofu
+def test_full_benchmark_is_forget10_against_retain90():
+    rows = select(TOFU, SubsetSpec(forget_authors=None))
+    assert len(rows["forget"]) == 400 and len(rows["retain"]) == 3600 and rows["holdout"] == []
+    assert SubsetSpec(forget_authors=None).name == "tofu-full"
+
+
+@needs_tofu
+def test_a_given_model_is_fine_tuned_in_place_of_the_tiny_one(tiny_models, tmp_path):
+    """The path a Hub id takes on a GPU, here with a local folder: no tokenizer training, no utility sets
+    added to training, TOFU's fine-tuning recipe (lr, epochs) as given."""
+    spec = TargetSpec(model=str(tiny_models["llama"]), finetune=FineTuneConfig(lr=1e-3, epochs=1, batch_size=16,
+                                                                                warmup_steps=0))
+    splits = write_splits(TOFU, SMALLEST, tmp_path / "data")
+    models = build_targets(TOFU, splits, tmp_path / spec.key(), spec)
+    assert spec.key().startswith("llama-")
+    for target, trained_on in (("full", 80), ("reference", 60)):
+        stats = json.loads((models[target] / "finetune.json").read_text())
+        assert stats["epochs"] == 1 and stats["examples"] == trained_on
+        tuned = AutoModelForCausalLM.from_pretrained(models[target])
+        original = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+        assert not torch.equal(tuned.lm_head.weight, original.lm_head.weight)  # every parameter trained

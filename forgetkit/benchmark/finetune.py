@@ -82,7 +82,7 @@ def fine_tune(
     total_steps = config.epochs * math.ceil(len(examples) / config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / config.warmup_steps) * max(config.min_lr_ratio, 1 - step / total_steps),
+        lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)) * max(config.min_lr_ratio, 1 - step / total_steps),
     )
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     generator = torch.Generator().manual_seed(config.seed)
@@ -110,5 +110,5 @@ def fine_tune(
     model.eval()
     if accuracy is None:
         accuracy = answer_accuracy(model, examples, tokenizer.pad_token_id)
-    return {"epochs": epoch, "answer_accuracy": accuracy, "tokens": tokens,
+    return {"epochs": epoch, "examples": len(examples), "answer_accuracy": accuracy, "tokens": tokens,
             "seconds": round(time.perf_counter() - started, 1)}
