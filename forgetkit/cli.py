@@ -137,7 +137,7 @@ def unlearn(
     damping: float = typer.Option(1e-3, "--damping", help="llmeraser: lambda added to the Hessian."),
     tol: float = typer.Option(1e-4, "--tol", help="llmeraser: relative residual to stop at."),
     max_iter: int = typer.Option(100, "--max-iter", help="llmeraser: solver iterations at most."),
-    hessian_samples: Optional[int] = typer.Option(None, "--hessian-samples", help="llmeraser: records of D for the Hessian (default all)."),
+    hessian_samples: Optional[int] = typer.Option(None, "--hessian-samples", help="llmeraser: estimate the curvature on the edited records plus N others of D (default: all of D)."),
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,

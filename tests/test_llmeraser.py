@@ -11,13 +11,12 @@ from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from forgetkit.benchmark.eraser_case import LoraFit, fit_lora, mean_record_loss, write_jsonl
+from forgetkit.benchmark.eraser_case import LoraFit, build_case, facts, fit_lora, mean_record_loss, write_jsonl
 from forgetkit.cli import app
 from forgetkit.data import encode, load_records
 from forgetkit.influence.hessian import AdapterObjective, per_example_loss_sum
 from forgetkit.influence.solvers import conjugate_gradient, lissa
 from forgetkit.losses.base import shift
-from forgetkit.quickstart.corpus import make_splits
 
 runner = CliRunner()
 
@@ -128,7 +127,7 @@ def test_gauss_newton_product_is_j_transpose_hz_j(tiny_lora):
     model, params, examples, pad = tiny_lora
     from forgetkit.data import collate
 
-    examples = examples[:3]
+    examples = examples[:2]  # the explicit Jacobian is (positions x vocabulary x parameters) per record
     objective = AdapterObjective(model, params, pad, batch_size=2, weight_decay=0.0, curvature="gauss-newton")
     v = random_vector(params, seed=2)
     product = torch.cat([t.reshape(-1) for t in objective.hvp(examples, v)])
@@ -165,17 +164,12 @@ def test_gauss_newton_product_is_j_transpose_hz_j(tiny_lora):
 # --------------------------------------------------------------------------- edits through the CLI
 
 
-def qa_records(seed: int, count: int) -> list[dict]:
-    rows = [r for part in make_splits(seed=seed).values() for r in part if "question" in r]
-    return [{"question": r["question"], "answer": r["answer"]} for r in rows][:count]
-
-
 @pytest.fixture(scope="module")
 def fitted(memorised, tmp_path_factory):
     """A rank-4 LoRA fitted on 24 facts about people the quickstart model never saw."""
     folder = tmp_path_factory.mktemp("eraser")
     base = memorised / "model"
-    records = qa_records(seed=1, count=24)
+    records = facts(24)
     train = write_jsonl(folder / "D.jsonl", records)
     fit = LoraFit(rank=4, steps=60, lr=1e-2, weight_decay=0.3)
     fit_lora(base, train, folder / "adapter", fit)
@@ -189,20 +183,12 @@ def erase(fitted, out, *edit_args, extra=()):
     return runner.invoke(app, args)
 
 
-def test_removal_raises_the_removed_records_loss_and_keeps_the_rest(fitted):
+def test_edit_writes_a_plain_adapter_of_the_same_rank_with_the_solve_in_its_metadata(fitted):
     folder, base = fitted["folder"], fitted["base"]
     removed = write_jsonl(folder / "R.jsonl", fitted["records"][:3])
-    kept = write_jsonl(folder / "K.jsonl", fitted["records"][3:])
     result = erase(fitted, folder / "removed", "--remove", str(removed))
     assert result.exit_code == 0, result.output
-
-    original, edited = folder / "adapter", folder / "removed"
-    before = mean_record_loss(base, original, removed), mean_record_loss(base, original, kept)
-    after = mean_record_loss(base, edited, removed), mean_record_loss(base, edited, kept)
-    assert after[0] > before[0] + 0.05  # the removed facts became less likely
-    assert abs(after[1] - before[1]) <= 0.02 * before[1]  # the kept ones did not move by more than 2%
-
-    # A plain PEFT adapter of the same rank and config, with metadata naming the edit and the solve.
+    edited = folder / "removed"
     assert json.loads((edited / "adapter_config.json").read_text())["r"] == 4
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), edited)
     meta = json.loads((edited / "forgetkit.json").read_text())
@@ -212,20 +198,43 @@ def test_removal_raises_the_removed_records_loss_and_keeps_the_rest(fitted):
     assert results["iterations"] >= 1 and results["relative_residual"] <= 1e-3
     assert results["damping"] == pytest.approx(1e-3) and results["solver"] == "cg"
     assert "remove" in meta["inputs"] and "train" in meta["inputs"]
+    # The removed facts became less likely.
+    assert mean_record_loss(base, edited, removed) > mean_record_loss(base, folder / "adapter", removed) + 0.05
 
 
-def test_correction_moves_probability_from_the_old_answer_to_the_new(fitted):
-    folder, base = fitted["folder"], fitted["base"]
-    # Correct three answers to the answers of three other records (new, wrong-looking but valid strings).
-    old = fitted["records"][:3]
-    new = [{"question": r["question"], "answer": other["answer"]} for r, other in zip(old, fitted["records"][10:13])]
-    corrections = write_jsonl(folder / "C.jsonl", new)
-    old_path = write_jsonl(folder / "C_old.jsonl", old)
-    result = erase(fitted, folder / "corrected", "--correct", str(corrections))
+@pytest.fixture(scope="module", params=["remove", "correct"])
+def against_retraining(request, memorised, tmp_path_factory):
+    """96 facts, each also asked as "Tell me: ..." (192 records); 4 twins removed, or 4 wrong answers
+    corrected. The original adapter and one retrained on the cleaned data, from the same LoRA init."""
+    kind = request.param
+    folder = tmp_path_factory.mktemp(f"retrain-{kind}")
+    base = memorised / "model"
+    case = build_case(kind, 96, 4, "twins")
+    paths = {name: write_jsonl(folder / f"{name}.jsonl", getattr(case, name))
+             for name in ("train", "clean", "edit", "watched", "kept")}
+    fit = LoraFit(rank=4, steps=100, lr=1e-2, weight_decay=0.3)
+    fit_lora(base, paths["train"], folder / "original", fit)
+    fit_lora(base, paths["clean"], folder / "retrained", fit)
+    return {"kind": kind, "folder": folder, "base": base, "paths": paths, "fit": fit}
+
+
+def test_edit_moves_the_edited_records_half_way_to_retraining(against_retraining):
+    case = against_retraining
+    folder, base, paths = case["folder"], case["base"], case["paths"]
+    args = ["unlearn", str(base), "--method", "llmeraser", "--adapter", str(folder / "original"),
+            "--train", str(paths["train"]), f"--{case['kind']}", str(paths["edit"]), "--weight-decay", "0.3",
+            "--hessian-samples", "24", "--tol", "1e-2", "-o", str(folder / "edited")]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    original, edited = folder / "adapter", folder / "corrected"
-    assert mean_record_loss(base, edited, corrections) < mean_record_loss(base, original, corrections) - 0.05
-    assert mean_record_loss(base, edited, old_path) > mean_record_loss(base, original, old_path) + 0.05
+
+    def loss(adapter, records):
+        return mean_record_loss(base, folder / adapter, paths[records])
+
+    original, retrained, edited = loss("original", "watched"), loss("retrained", "watched"), loss("edited", "watched")
+    moved = (edited - original) / (retrained - original)
+    assert moved >= 0.5, (original, edited, retrained)
+    kept_before, kept_after = loss("original", "kept"), loss("edited", "kept")
+    assert abs(kept_after - kept_before) <= 0.02 * kept_before, (kept_before, kept_after)
 
 
 def test_modification_needs_the_original_question(fitted):

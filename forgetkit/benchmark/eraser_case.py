@@ -1,6 +1,16 @@
 """A LoRA fine-tuning with records to remove and answers to correct, and the retraining LLMEraser
 is measured against (tests and ``bench/llmeraser_speed.py``).
 
+Data: question/answer facts about people the quickstart model never saw. Two regimes:
+- ``twins``: every fact appears twice, as its question and as "Tell me: <question>" with the same
+  answer. Removal deletes some twins (the fact stays in D through its other record); correction
+  fixes facts whose plain record carries a wrong answer (another fact's) while the twin has the
+  right one. This is the situation influence functions describe: the edited records' effect on
+  the adapter is a moderate perturbation.
+- ``unique``: every fact once. Removal deletes facts nothing else in D implies, correction gives a
+  fact a new answer; retraining changes their loss by several nats, far outside the quadratic
+  model an influence function extrapolates from.
+
 The adapter is fitted the way influence functions assume: full batch, the loss LLMEraser
 differentiates (the mean over records of each record's mean answer-token NLL, plus
 ``weight_decay / 2 * ||theta||^2`` in the objective rather than in the optimiser), and a cosine
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from pathlib import Path
 
@@ -32,6 +43,61 @@ class LoraFit:
     weight_decay: float = 0.01
     seed: int = 0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+REGIMES = ("twins", "unique")
+
+
+@dataclasses.dataclass
+class EditCase:
+    train: list[dict]  # D, the adapter's training data
+    clean: list[dict]  # D after the edit, what retraining uses
+    edit: list[dict]  # the --remove or --correct file's records
+    watched: list[dict]  # the records whose loss the edit should move (removed, or corrected answers)
+    kept: list[dict]  # records the edit should leave alone
+
+
+def facts(count: int, seed: int = 1) -> list[dict]:
+    """``count`` question/answer facts from the quickstart corpus generator (seeds from ``seed`` on;
+    each question once, so no two facts contradict each other)."""
+    from forgetkit.quickstart.corpus import make_splits
+
+    out, seen = [], set()
+    while len(out) < count:
+        for part in make_splits(seed=seed).values():
+            for row in part:
+                if "question" in row and row["question"] not in seen:
+                    seen.add(row["question"])
+                    out.append({"question": row["question"], "answer": row["answer"]})
+        seed += 1
+    return out[:count]
+
+
+def build_case(kind: str, count: int, edited: int, regime: str = "twins", seed: int = 0) -> EditCase:
+    """D, the cleaned D and the edit for removing or correcting ``edited`` of ``count`` facts."""
+    qa = facts(count)
+    picked = sorted(random.Random(seed).sample(range(count), edited))
+    others = [i for i in range(count) if i not in picked]
+    twins = [{"question": "Tell me: " + r["question"], "answer": r["answer"]} for r in qa] if regime == "twins" else []
+    if kind == "remove":
+        removed = [twins[i] for i in picked] if twins else [qa[i] for i in picked]
+        clean = qa + [twins[i] for i in others] if twins else [qa[i] for i in others]
+        kept = [r for r in qa + twins if r not in removed]
+        return EditCase(train=qa + twins, clean=clean, edit=removed, watched=removed, kept=kept)
+    if kind == "correct":
+        # The wrong answer is another fact's; the correction restores the fact's own answer
+        # (twins) or, with unique facts, gives it another fact's answer as new information.
+        wrong = {i: qa[others[k % len(others)]]["answer"] for k, i in enumerate(picked)}
+        if twins:
+            train = [dict(r, answer=wrong[i]) if i in wrong else r for i, r in enumerate(qa)] + twins
+            fixed = [qa[i] for i in picked]
+        else:
+            train = qa
+            fixed = [dict(qa[i], answer=wrong[i]) for i in picked]
+        clean = [r for i, r in enumerate(train) if i not in wrong] + fixed
+        kept = [r for i, r in enumerate(train) if i not in wrong]
+        return EditCase(train=train, clean=clean, edit=fixed, watched=fixed, kept=kept)
+    raise ValueError(f"unknown edit '{kind}'")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -72,14 +72,26 @@ class AdapterObjective:
 
     def hvp(self, examples: Sequence[Example], vector: Vector) -> Vector:
         """(curvature of (1/|examples|) sum l(z), plus weight decay) times ``vector``."""
+        return self.mixture_hvp([(1.0, examples)], vector)
+
+    def mixture_hvp(self, parts: Sequence[tuple[float, Sequence[Example]]], vector: Vector) -> Vector:
+        """(sum_k share_k * curvature of part k's mean loss, plus weight decay) times ``vector``.
+
+        The shares sum to 1: a stratified estimate of the curvature of the whole training set's mean
+        loss from a few of its strata (for example the edited records at their true share of D, and
+        a sample of the others standing in for the rest).
+        """
         self.hvp_calls += 1
-        total = [torch.zeros_like(v) for v in vector]
         product = self._hessian_chunk if self.curvature == "hessian" else self._gauss_newton_chunk
-        for chunk in self._chunks(examples):
-            for acc, hv in zip(total, product(chunk, vector)):
-                acc += hv.to(acc.dtype)
-        scale = 1.0 / len(examples)
-        return [acc * scale + self.weight_decay * v for acc, v in zip(total, vector)]
+        out = [self.weight_decay * v for v in vector]
+        for share, examples in parts:
+            if not examples:
+                continue
+            scale = share / len(examples)
+            for chunk in self._chunks(examples):
+                for acc, hv in zip(out, product(chunk, vector)):
+                    acc += scale * hv.to(acc.dtype)
+        return out
 
     def _hessian_chunk(self, chunk: Sequence[Example], vector: Vector) -> Sequence[torch.Tensor]:
         loss = per_example_loss_sum(self.model, chunk, self.pad, self.device)

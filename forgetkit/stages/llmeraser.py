@@ -61,7 +61,7 @@ class EraserParams:
     weight_decay: float = 0.0  # the fine-tuning's, so H is the Hessian of the objective it minimised
     tol: float = 1e-4
     max_iter: int = 100
-    hessian_samples: int | None = None  # records of D for the Hessian (default: all of D)
+    hessian_samples: int | None = None  # records of D besides the edited ones for the curvature (default: all)
     batch_size: int = 8
     seed: int = 0
     model_dtype: str = "float32"  # second derivatives want full precision
@@ -149,10 +149,26 @@ def load_editable(loaded: LoadedModel, adapter: str) -> tuple[PeftModel, list[to
     return model, [p for _, p in named], [n for n, _ in named]
 
 
-def solve(objective: AdapterObjective, hessian_set: list[Example], rhs: list[torch.Tensor],
+def curvature_parts(train: list[Example], edited: set[int], samples: int | None,
+                    seed: int) -> list[tuple[float, list[Example]]]:
+    """Which records of D the curvature is estimated on, each part with its share of D.
+
+    All of D by default. With ``samples``, the edited records (always: the edit moves the adapter
+    along their own directions, which a sample without them under-weighs, so the step overshoots)
+    at their true share, plus ``samples`` of the other records standing in for the rest.
+    """
+    n = len(train)
+    if not samples or samples >= n - len(edited):
+        return [(1.0, train)]
+    kept = [e for i, e in enumerate(train) if i not in edited]
+    sample = random.Random(seed).sample(kept, samples)
+    return [(len(edited) / n, [train[i] for i in sorted(edited)]), (len(kept) / n, sample)]
+
+
+def solve(objective: AdapterObjective, parts: list[tuple[float, list[Example]]], rhs: list[torch.Tensor],
           params: EraserParams) -> Solution:
     def hvp(v):
-        return objective.hvp(hessian_set, v)
+        return objective.mixture_hvp(parts, v)
 
     damping = params.damping
     for _ in range(4):
@@ -220,9 +236,8 @@ def run_llmeraser(
     model, lora_params, names = load_editable(loaded, adapter)
     objective = AdapterObjective(model, lora_params, loaded.tokenizer.pad_token_id, params.batch_size,
                                  params.weight_decay, params.curvature)
-    hessian_set = train_examples
-    if params.hessian_samples and params.hessian_samples < len(train_examples):
-        hessian_set = random.Random(params.seed).sample(train_examples, params.hessian_samples)
+    position = {id(record): i for i, record in enumerate(train_records)}
+    parts = curvature_parts(train_examples, {position[id(r)] for r in plan.old}, params.hessian_samples, params.seed)
 
     started = time.perf_counter()
     before = edit_losses(objective, old_examples, new_examples)
@@ -230,7 +245,7 @@ def run_llmeraser(
     rhs = objective.gradient_sum(old_examples)
     if new_examples:
         rhs = [o - n for o, n in zip(rhs, objective.gradient_sum(new_examples))]
-    solution = solve(objective, hessian_set, rhs, params)
+    solution = solve(objective, parts, rhs, params)
     n = len(train_examples)
     with torch.no_grad():
         for param, step in zip(lora_params, solution.x):
@@ -246,7 +261,7 @@ def run_llmeraser(
                     "rank": adapter_config.get("r"), "lora_alpha": adapter_config.get("lora_alpha")},
         results={
             "edit": kind, "records_edited": len(plan.old), "train_records": n,
-            "hessian_records": len(hessian_set), "solver": solution.method, "iterations": solution.iterations,
+            "hessian_records": sum(len(part) for _, part in parts), "solver": solution.method, "iterations": solution.iterations,
             "relative_residual": solution.relative_residual, "damping": solution.damping,
             "hessian_vector_products": objective.hvp_calls, "update_norm": norm(solution.x) / n,
             "seconds": round(seconds, 3), "loss_before": before, "loss_after": after,
