@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import gc
 import os
 import resource
 import threading
@@ -67,6 +68,9 @@ def resident_bytes() -> int:
 @contextmanager
 def measured(interval: float = 0.005) -> Iterator[Measurement]:
     result = Measurement(device="cuda" if torch.cuda.is_available() else "cpu")
+    # Garbage left by earlier work (a model held in a reference cycle) would otherwise be collected
+    # inside the block, and its freed memory would hide the block's own allocations.
+    gc.collect()
     if result.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
