@@ -23,6 +23,7 @@ app = typer.Typer(
 TRUST = typer.Option(False, "--trust-remote-code", help="Allow model repositories to run their own code.")
 DTYPE = typer.Option("auto", "--model-dtype", help="Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")
 TRUNCATE = typer.Option(False, "--truncate", help="Cut sequences longer than the model's context instead of failing.")
+REGISTRY = typer.Option(None, "--registry", help="Registry file (default: $FORGETKIT_REGISTRY, else in the cache).")
 
 
 def user_errors(command: Callable) -> Callable:
@@ -30,6 +31,10 @@ def user_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from forgetkit.registry import use_registry
+
+        # Every command takes --registry; choosing it here keeps the commands' bodies about their work.
+        use_registry(kwargs.get("registry"))
         try:
             return command(*args, **kwargs)
         except ForgetkitError as exc:
@@ -72,6 +77,7 @@ def fisher(
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
+    registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Diagonal Fisher of the NLL on the forget and retain sets, for every target weight."""
     from forgetkit.stages.fisher import FisherParams, run_fisher
@@ -94,9 +100,10 @@ def init(
     seed: int = typer.Option(0, "--seed"),
     model_dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
+    registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Build the starting LoRA adapter (FILA: Fisher-weighted low-rank approximation)."""
-    from forgetkit.registry import parse_params
+    from forgetkit.plugins import parse_params
     from forgetkit.stages.init import InitParams, run_init
 
     params = InitParams(scheme, rank, alpha, targets, parse_params(scheme_param, "--scheme-param"), model_dtype, seed)
@@ -141,10 +148,11 @@ def unlearn(
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
+    registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Make the model forget: train a LoRA adapter on the forget set, or (--method llmeraser) edit a
     fine-tuned LoRA adapter with influence functions to remove, correct or modify training records."""
-    from forgetkit.registry import parse_params
+    from forgetkit.plugins import parse_params
     from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
     from forgetkit.training import TrainConfig
 
@@ -190,6 +198,7 @@ def merge(
     max_shard_size: str = typer.Option("2GB", "--max-shard-size"),
     model_dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
+    registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Fold the adapter into the base weights (sharded safetensors, config, tokenizer)."""
     from forgetkit.stages.merge import MergeParams, run_merge
@@ -225,6 +234,7 @@ def audit(
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
+    registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Extraction, TOFU and membership-inference metrics, attacks, a verdict, JSON/Markdown/HTML reports."""
     from forgetkit.audit.attacks import AttackParams
@@ -245,7 +255,7 @@ def audit(
 @user_errors
 def plugins() -> None:
     """List the installed losses and init schemes (built-ins and plugins)."""
-    from forgetkit.registry import installed
+    from forgetkit.plugins import installed
     from forgetkit.stages.common import table
 
     from rich.console import Console
@@ -262,6 +272,7 @@ def quickstart(
     prepare_only: bool = typer.Option(
         False, "--prepare-only", help="Only build/reuse the model and copy the data sets; print the model folder."
     ),
+    registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Embedded demo: build a tiny model that memorised fictitious people, then make it forget a few."""
     from forgetkit.quickstart.run import prepare_workdir, run_quickstart
@@ -270,6 +281,113 @@ def quickstart(
         typer.echo(prepare_workdir(workdir, cache))
         return
     run_quickstart(workdir, cache)
+
+
+@app.command()
+@user_errors
+def push(
+    adapter: Path = typer.Argument(..., help="Adapter folder from 'forgetkit unlearn'."),
+    repo_id: str = typer.Option(..., "--repo-id", help="OWNER/NAME on the Hub."),
+    report: Optional[str] = typer.Option(None, "--report", help="The adapter's audit report (report.json)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Publish without an audit report."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to push to (created if absent)."),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="Write the folder that would be uploaded here; send nothing."),
+    forget: Optional[str] = typer.Option(None, "--forget", help="The forget set, if it moved since unlearning (for the leak check)."),
+    license: str = typer.Option("other", "--license", help="License id for the model card."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Hub id of the base, if the adapter was made from a local folder."),
+    message: Optional[str] = typer.Option(None, "--message", help="Commit message."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Publish an adapter with its audit report and a model card on the Hugging Face Hub."""
+    from forgetkit.stages.push import PushParams, run_push
+
+    run_push(adapter, PushParams(repo_id=repo_id, report=report, no_report=no_report, private=private,
+                                 revision=revision, dry_run=dry_run, forget=forget, license=license,
+                                 base_model=base_model, message=message))
+
+
+@app.command()
+@user_errors
+def pull(
+    repo_id: str = typer.Argument(..., help="OWNER/NAME (or OWNER/NAME@REVISION) on the Hub."),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Fetch a pushed adapter into the Hugging Face cache and print its folder."""
+    from forgetkit.stages.pull import run_pull
+
+    typer.echo(run_pull(repo_id, revision))
+
+
+registry_app = typer.Typer(help="The local registry of artifacts and their lineage.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("list")
+@user_errors
+def registry_list(
+    base: Optional[str] = typer.Option(None, "--base", help="Only this base model (id part or fingerprint prefix)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
+    all_entries: bool = typer.Option(False, "--all", help="Include entries replaced by a newer artifact at the same path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Recorded artifacts, newest last."""
+    from forgetkit.stages.registry import list_entries
+
+    list_entries(base=base, stage=stage, include_replaced=all_entries, as_json=as_json)
+
+
+@registry_app.command("show")
+@user_errors
+def registry_show(
+    entry: str = typer.Argument(..., help="Entry id (4 characters or more) or the artifact's path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a tree."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """The lineage of an entry: the artifacts and data it came from, its audits and pushes."""
+    from forgetkit.stages.registry import show_entry
+
+    show_entry(entry, as_json=as_json)
+
+
+@registry_app.command("verify")
+@user_errors
+def registry_verify(
+    entry: Optional[str] = typer.Argument(None, help="Entry id or path; all current entries if omitted."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Re-hash an entry's files and report any change (exit status 1 if something changed)."""
+    from forgetkit.stages.registry import verify_entries
+
+    if not verify_entries(entry):
+        raise typer.Exit(1)
+
+
+@registry_app.command("forget")
+@user_errors
+def registry_forget(
+    entry: str = typer.Argument(..., help="Entry id or path."),
+    delete_files: bool = typer.Option(False, "--delete-files", help="Also delete the artifact's files."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Drop an entry from the registry; its files stay unless --delete-files."""
+    from forgetkit.stages.registry import forget_entry
+
+    forget_entry(entry, delete_files=delete_files)
+
+
+@registry_app.command("add")
+@user_errors
+def registry_add(
+    paths: List[Path] = typer.Argument(..., help="Artifacts (files, folders, audit reports) to record."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Record artifacts made elsewhere or before the registry existed."""
+    from forgetkit.stages.registry import add_entries
+
+    add_entries(paths)
 
 
 def run() -> None:  # console-script entry point

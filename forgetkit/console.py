@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+output = Console()  # what a listing command was asked for: stdout, so it can be piped
 
 
 def quiet_libraries() -> None:

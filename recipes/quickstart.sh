@@ -16,3 +16,9 @@ forgetkit unlearn "$MODEL" "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" --
 forgetkit merge "$MODEL" "$WORK/adapter" -o "$WORK/merged"
 forgetkit audit "$MODEL" --adapter "$WORK/adapter" --forget "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" \
   --holdout "$WORK/holdout.jsonl" --max-new-tokens 48 --attacks paraphrase,quantize -o "$WORK/report.json"
+# What publishing would upload (adapter, card, audit), checked for forget-set text; nothing is sent.
+# Drop --dry-run (and log in, or set HF_TOKEN) to push for real; --base-model names the base on the Hub.
+forgetkit push "$WORK/adapter" --repo-id "${HUB_REPO:-you/quickstart-forgot}" --report "$WORK/report.json" \
+  --dry-run "$WORK/upload"
+# The adapter's lineage as the registry recorded it: data -> fisher -> init -> adapter -> audit.
+forgetkit registry show "$WORK/adapter"

@@ -46,6 +46,15 @@ def _config(arch: str, vocab: int, tokenizer):
     raise ValueError(arch)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_registry(tmp_path_factory) -> Path:
+    """Stages record into a registry of the test session's own, never the user's."""
+    path = tmp_path_factory.mktemp("registry") / "registry.sqlite"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FORGETKIT_REGISTRY", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def splits() -> dict[str, list[dict]]:
     return make_splits(seed=0)

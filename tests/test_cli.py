@@ -99,6 +99,10 @@ def test_recipe_forgets_and_plugin_loss_runs(memorised, tmp_path):
     assert (work / "report.html").is_file() and (work / "report.plots" / "mia_roc.png").is_file()
     for stage, artifact in (("fisher", "fisher.safetensors"), ("init", "init"), ("unlearn", "adapter"), ("merge", "merged")):
         assert read_metadata(work / artifact).stage == stage
+    # The recipe's last steps: the folder publishing would upload, and the adapter's recorded lineage.
+    assert (work / "upload" / "README.md").is_file() and (work / "upload" / "audit" / "report.json").is_file()
+    for stage in ("unlearn", "init", "fisher", "audited by", "data forget.jsonl"):
+        assert stage in result.stdout
 
     # A third-party loss from plugins/, through the same CLI.
     model_dir = forgetkit("quickstart", "--prepare-only", "--workdir", work, env=env).stdout.strip()

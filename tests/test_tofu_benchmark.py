@@ -62,6 +62,28 @@ def test_measured_sees_a_block_s_own_memory():
     assert idle.peak_mib < 16
 
 
+HEAP_REUSE = """
+import ctypes, ctypes.util, torch
+from forgetkit.benchmark.measure import measured
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallopt(-3, 512 * 2**20)  # mmap threshold 512 MiB: big tensors come from the heap
+libc.mallopt(-1, 2**30)  # trim threshold 1 GiB: freed heap memory stays resident
+big = torch.ones(200 * 2**20 // 4)
+pin = torch.ones(10)  # sits above the big block, so freeing it leaves a hole, not a shorter heap
+del big
+with measured() as m:
+    block = torch.ones(64 * 2**20 // 4)
+    block.add_(1)
+print(m.peak_mib)
+"""
+
+
+def test_measured_sees_a_block_reusing_freed_heap_memory():
+    # The hole left by the freed 200 MiB is resident already; the block refills it.
+    out = subprocess.run([sys.executable, "-c", HEAP_REUSE], capture_output=True, text=True, check=True).stdout
+    assert 60 <= float(out.split()[-1]) <= 200
+
+
 # 20 real-authors and 20 world-facts rows (of 100 and 117) keep Model Utility's shape at a fifth of the cost.
 SMALLEST = SubsetSpec(forget_authors=1, retain_authors=3, holdout_authors=1, utility_rows=20)
 

@@ -6,7 +6,9 @@ milliseconds by a thread, above its value at the start. That follows the block's
 if freed memory goes back to the system: glibc keeps blocks under its mmap threshold (which grows
 up to 32 MiB as a process runs) in its heap, so a second run of the same work would show almost no
 growth. Benchmarks therefore call :func:`return_freed_memory` first, which lowers the threshold to
-64 KiB so every tensor worth counting is mapped on allocation and unmapped on free.
+64 KiB so every tensor worth counting is mapped on allocation and unmapped on free, and
+:func:`measured` trims the heap as it starts, so that a block reusing memory freed earlier in the
+heap still shows it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def return_freed_memory(threshold: int = 64 * 1024) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
 
 
+def trim_heap() -> bool:
+    """Hand free heap pages back to the system (glibc's ``malloc_trim``); False where unavailable.
+
+    Memory freed by earlier work stays resident in the heap, and a later allocation that reuses it
+    adds nothing to the resident set: trimming first makes such reuse show up as growth again.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):
+        return False
+
+
 def resident_bytes() -> int:
     try:
         with open("/proc/self/statm", encoding="ascii") as statm:
@@ -69,8 +84,11 @@ def resident_bytes() -> int:
 def measured(interval: float = 0.005) -> Iterator[Measurement]:
     result = Measurement(device="cuda" if torch.cuda.is_available() else "cpu")
     # Garbage left by earlier work (a model held in a reference cycle) would otherwise be collected
-    # inside the block, and its freed memory would hide the block's own allocations.
+    # inside the block, and its freed memory would hide the block's own allocations; free heap pages
+    # are handed back so that reusing them counts.
     gc.collect()
+    if result.device == "cpu":
+        trim_heap()
     if result.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 from forgetkit.artifacts import atomic_folder
 from forgetkit.console import console
+from forgetkit.locations import cache_root
 from forgetkit.quickstart.corpus import make_splits
 from forgetkit.quickstart.model import memorise
 from forgetkit.stages.audit import AuditParams, run_audit
@@ -37,15 +37,6 @@ QUICKSTART_UNLEARN = UnlearnParams(
 )
 QUICKSTART_RANK = 8
 QUICKSTART_ATTACKS = ("paraphrase", "quantize")
-
-
-def cache_root(cache: Path | None = None) -> Path:
-    if cache is not None:
-        return Path(cache)
-    base = os.environ.get("FORGETKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "forgetkit"
-    )
-    return Path(base)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

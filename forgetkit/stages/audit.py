@@ -24,6 +24,8 @@ import torch
 from peft import PeftModel
 
 from forgetkit import __version__
+from forgetkit import registry
+from forgetkit.hub.resolve import local_artifact
 from forgetkit.artifacts import check_artifact, input_record, write_json
 from forgetkit.audit import aggregate
 from forgetkit.audit.attacks import ATTACKS, AttackParams, paraphrase_attack, quantize_attack, relearn_attack, sampling_attack
@@ -168,6 +170,8 @@ def run_audit(
     attack_names = parse_names(params.attacks, ATTACKS, "attack") if params.attacks else ()
     params = dataclasses.replace(params, suites=suites, attacks=attack_names)
 
+    adapter = local_artifact(adapter)
+    registry.ensure_ready()
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
     sources = {"forget": forget, "retain": retain, "holdout": holdout, "real_authors": real_authors,
                "world_facts": world_facts}
@@ -222,6 +226,7 @@ def run_audit(
     readable = write_readable(report, output.with_suffix(".md"), output.with_suffix(".html"),
                               output.with_name(output.stem + ".plots"))
     write_json(output, report)
+    registry.record(output)
     console.print(summary_table(results))
     if (mia := mia_table(results)) is not None:
         console.print(mia)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from forgetkit import registry
 from forgetkit.artifacts import Metadata, input_record, save_tensor_artifact
 from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, batches, collate, target_token_count
@@ -77,6 +78,7 @@ def run_fisher(
         raise ForgetkitError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not '{params.estimator}'")
     if params.dtype not in STORE_DTYPES:
         raise ForgetkitError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not '{params.dtype}'")
+    registry.ensure_ready()
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else []
@@ -107,6 +109,7 @@ def run_fisher(
         },
     )
     save_tensor_artifact(output, tensors, metadata)
+    registry.record(output)
     _print_summary(forget_sums, retain_sums, forget_tokens, retain_tokens, output)
     return metadata
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 
 from forgetkit.adapters import build_peft_model, lora_config
+from forgetkit import registry
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, load_tensor_artifact, write_folder_metadata
 from forgetkit.console import console
 from forgetkit.errors import ForgetkitError
 from forgetkit.inits.base import FisherStats
 from forgetkit.models import discover_targets, load_model
-from forgetkit.registry import load_init
+from forgetkit.plugins import load_init
 
 PROBE_TOKENS = 32
 
@@ -55,6 +56,7 @@ def run_init(
     if params.rank < 1:
         raise ForgetkitError(f"--rank must be at least 1, got {params.rank}")
     scheme = load_init(params.scheme, params.scheme_params)
+    registry.ensure_ready()
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
     device = next(loaded.model.parameters()).device
 
@@ -96,6 +98,7 @@ def run_init(
     with atomic_folder(output) as staging:
         model.save_pretrained(str(staging))
         write_folder_metadata(staging, metadata)
+    registry.record(output)
     console.print(
         f"[green]wrote[/] {output}  (scheme {params.scheme}, rank {params.rank}, alpha {params.lora_alpha:g}, "
         f"{len(targets)} modules, max logit drift {drift:.2e})"

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from forgetkit import registry
+from forgetkit.hub.resolve import local_artifact
 from forgetkit.artifacts import BaseModelInfo, Metadata, atomic_folder, input_record, model_fingerprint, read_metadata, \
     write_folder_metadata
 from forgetkit.console import console, progress_bar
@@ -221,6 +223,8 @@ def run_llmeraser(
     if params.curvature not in CURVATURES:
         raise ForgetkitError(f"unknown curvature '{params.curvature}'; choose from {', '.join(CURVATURES)}")
     (kind, edit_path), = given.items()
+    adapter = local_artifact(adapter)
+    registry.ensure_ready()
     # Fused attention kernels (SDPA's flash/efficient paths) have no double backward; the eager
     # attention computes the same function with differentiable ops throughout.
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code,
@@ -271,6 +275,7 @@ def run_llmeraser(
     with atomic_folder(output) as staging:
         model.save_pretrained(staging)
         write_folder_metadata(staging, metadata)
+    registry.record(output)
     console.print(table(f"LLMEraser ({kind}, {len(plan.old)} of {n} records)", ["loss", "before", "after"],
                         [(k, before[k], after[k]) for k in before]))
     console.print(f"[green]wrote[/] {output}  ({solution.method}: {solution.iterations} iterations, relative residual "

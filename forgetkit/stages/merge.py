@@ -9,6 +9,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer
 
+from forgetkit import registry
+from forgetkit.hub.resolve import local_artifact
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata
 from forgetkit.console import console
 from forgetkit.errors import ForgetkitError
@@ -33,6 +35,8 @@ def tolerance_for(dtype: torch.dtype, scale: float) -> float:
 def run_merge(
     model_ref: str, adapter: str, output: str | Path, params: MergeParams, *, trust_remote_code: bool = False
 ) -> Metadata:
+    adapter = local_artifact(adapter)
+    registry.ensure_ready()
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
     adapter_meta = check_artifact(adapter, "unlearn", loaded.info)
     model = PeftModel.from_pretrained(loaded.model, adapter)
@@ -60,5 +64,6 @@ def run_merge(
         merged.save_pretrained(str(staging), max_shard_size=params.max_shard_size)
         tokenizer.save_pretrained(str(staging))
         write_folder_metadata(staging, metadata)
+    registry.record(output)
     console.print(f"[green]wrote[/] {output}  (probe max |Δlogit| {drift:.2e})")
     return metadata

@@ -11,12 +11,13 @@ import torch
 from accelerate import Accelerator
 
 from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
+from forgetkit import registry
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, load_model
-from forgetkit.registry import load_loss
+from forgetkit.plugins import load_loss
 from forgetkit.stages.common import load_examples, table
 from forgetkit.training import TrainConfig, train
 
@@ -64,6 +65,7 @@ def run_unlearn(
     loss_fn = load_loss(params.loss, params.loss_params)
     if params.until_forgotten and holdout is None:
         raise ForgetkitError("--until-forgotten needs a held-out set (--holdout) to compare against")
+    registry.ensure_ready()
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and params.model_dtype != "float32" else "no")
     loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
@@ -143,6 +145,7 @@ def run_unlearn(
             save_adapter(model, staging, Path(init) if init else None, mutates_base)
             write_folder_metadata(staging, metadata)
             write_json(staging / TRAINING_LOG, result.log)
+        registry.record(output)
         shutil.rmtree(checkpoints, ignore_errors=True)
         _print_summary(result, output)
     return metadata
