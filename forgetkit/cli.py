@@ -74,6 +74,7 @@ def fisher(
     batch_size: int = typer.Option(8, "--batch-size"),
     estimator: str = typer.Option("batch", "--estimator", help="batch (LoKU's reference) or example (per-example)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Storage dtype: bfloat16, float16 or float32."),
+    accumulate_on: str = typer.Option("device", "--accumulate-on", help="Fisher accumulators on the device or the cpu."),
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
@@ -82,7 +83,7 @@ def fisher(
     """Diagonal Fisher of the NLL on the forget and retain sets, for every target weight."""
     from forgetkit.stages.fisher import FisherParams, run_fisher
 
-    params = FisherParams(targets, batch_size, estimator, dtype, model_dtype, truncate)
+    params = FisherParams(targets, batch_size, estimator, dtype, accumulate_on, model_dtype, truncate)
     run_fisher(model, forget, retain, output, params, trust_remote_code=trust_remote_code)
 
 
@@ -196,6 +197,7 @@ def merge(
     adapter: str = typer.Argument(..., help="Adapter folder from 'forgetkit unlearn'."),
     output: Path = typer.Option(Path("merged"), "-o", "--output"),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size"),
+    by_shard: bool = typer.Option(False, "--by-shard", help="Fold one base shard at a time (memory of a shard, not the model)."),
     model_dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
     registry: Optional[Path] = REGISTRY,
@@ -203,7 +205,8 @@ def merge(
     """Fold the adapter into the base weights (sharded safetensors, config, tokenizer)."""
     from forgetkit.stages.merge import MergeParams, run_merge
 
-    run_merge(model, adapter, output, MergeParams(max_shard_size, model_dtype), trust_remote_code=trust_remote_code)
+    run_merge(model, adapter, output, MergeParams(max_shard_size, model_dtype, by_shard=by_shard),
+              trust_remote_code=trust_remote_code)
 
 
 @app.command()

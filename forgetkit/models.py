@@ -80,6 +80,20 @@ def describe_model(model_ref: str) -> tuple[Path, BaseModelInfo]:
     return model_dir, BaseModelInfo(model_id=model_ref, fingerprint=model_fingerprint(model_dir))
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: the CUDA allocator's on a GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def load_model(
     model_ref: str,
     *,

@@ -19,12 +19,13 @@ from accelerate import Accelerator
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from forgetkit.adapters import reference_mode
 from forgetkit.artifacts import atomic_folder
 from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, batches, collate, target_token_count
+from forgetkit.distributed import Ranks, all_reduce_sum, gather_objects, main_writes, owns, ranks_of, sum_numbers
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of
-from forgetkit.adapters import reference_mode
 
 
 @dataclasses.dataclass
@@ -81,28 +82,43 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     stop_check: StopCheck | None = None,
+    bf16_autocast: bool = False,
 ) -> TrainResult:
+    """Train the adapter; with several processes, each takes every N-th micro-batch of each global batch.
+
+    The LoRA gradients (small) are summed over processes after each global batch and every process
+    takes the same optimiser step, so N processes follow the one-process run: the same batches, the
+    same retain micro-batches beside them (drawn from one schedule and split, never drawn per rank),
+    the same loss curve. The model is not wrapped for DDP on purpose: its per-backward all-reduce
+    needs every rank to run the same number of backward passes, which a global batch that does not
+    divide evenly breaks.
+    """
     if config.micro_batch_size < 1 or config.batch_size < 1:
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
+    ranks = ranks_of(accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
+
+    def autocast():
+        # Explicit rather than accelerate's mixed_precision, which is fixed once per process: stages
+        # run one after another in one process (the quickstart, the benchmarks) with different needs.
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast)
 
     log: list[dict] = []
     start_epoch = 0
     if resume and checkpoint_dir is not None:
         start_epoch, log = _restore(checkpoint_dir, model, optimizer, trainable)
-        if start_epoch:
+        if start_epoch and ranks.is_main:
             console.print(f"resumed from {checkpoint_dir} after epoch {start_epoch}")
 
     def to_device(group: list[Example]) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in collate(group, pad_token_id).items()}
 
     def reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad(), reference_mode(accelerator.unwrap_model(model)):
+        with torch.no_grad(), autocast(), reference_mode(model):
             return logits_of(model, batch)
 
     steps_per_epoch = math.ceil(len(forget) / config.batch_size)
@@ -115,24 +131,36 @@ def train(
         for epoch in range(start_epoch, config.epochs):
             retain_stream = RetainStream(retain, config.micro_batch_size, config.seed, epoch) if retain else None
             for batch_examples in batches(list(forget), config.batch_size, _epoch_generator(config.seed, epoch, 0)):
+                micros = batches(batch_examples, config.micro_batch_size)
+                # Every rank walks the whole retain schedule, so micro-batch i meets the same retain
+                # micro-batch whichever rank runs it.
+                retains = [retain_stream.next() if retain_stream else None for _ in micros]
                 terms_sum: dict[str, float] = {}
-                for micro in batches(batch_examples, config.micro_batch_size):
+                bad_loss = None
+                for index, (micro, retain_micro) in enumerate(zip(micros, retains)):
+                    if not owns(index, ranks):
+                        continue
                     forget_batch = to_device(micro)
-                    retain_batch = to_device(retain_stream.next()) if retain_stream else None
+                    retain_batch = to_device(retain_micro) if retain_micro else None
                     ctx = LossContext(model=model, forget=forget_batch, retain=retain_batch, reference=reference)
-                    with accelerator.autocast():
+                    with autocast():
                         terms = loss_fn(ctx)
                     weight = len(micro) / len(batch_examples)
                     if not torch.isfinite(terms["loss"]):
-                        raise ForgetkitError(
-                            f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: loss is {terms['loss'].item()} "
-                            "(lower --lr or raise --retain-weight); no adapter was written"
-                        )
+                        bad_loss = terms["loss"].item()
+                        break
                     accelerator.backward(terms["loss"] * weight)
                     for key, value in terms.items():
                         terms_sum[key] = terms_sum.get(key, 0.0) + value.item() * weight
                     tokens += target_token_count(forget_batch) + (target_token_count(retain_batch) if retain_batch else 0)
-                grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                terms_sum, bad_loss = _combine(terms_sum, bad_loss, ranks)
+                if bad_loss is not None:
+                    raise ForgetkitError(
+                        f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: loss is {bad_loss} "
+                        "(lower --lr or raise --retain-weight); no adapter was written"
+                    )
+                _sum_gradients(trainable, ranks)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 if not torch.isfinite(torch.as_tensor(grad_norm)):
                     raise ForgetkitError(
                         f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: gradient norm is not finite "
@@ -143,13 +171,38 @@ def train(
                 log.append({"epoch": epoch + 1, "step": len(log) + 1, "grad_norm": float(grad_norm), **terms_sum})
                 advance(loss=terms_sum["loss"])
             if checkpoint_dir is not None:
-                _save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, trainable, log)
+                with main_writes(ranks) as writer:
+                    if writer:
+                        _save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, trainable, log)
             if stop_check is not None and (stopped := stop_check(epoch + 1)):
                 break
             model.train()  # the stop check evaluates in eval mode
     model.eval()
     epochs_run = (epoch + 1) if config.epochs > start_epoch else start_epoch
-    return TrainResult(log, epochs_run, len(log), stopped, tokens, time.perf_counter() - started)
+    (tokens,) = sum_numbers([tokens], ranks, device)
+    return TrainResult(log, epochs_run, len(log), stopped, int(tokens), time.perf_counter() - started)
+
+
+def _combine(terms_sum: dict[str, float], bad_loss: float | None, ranks: Ranks) -> tuple[dict[str, float], float | None]:
+    """The global batch's loss terms (each rank's weighted share, summed) and any rank's divergence."""
+    if ranks.world == 1:
+        return terms_sum, bad_loss
+    shares = gather_objects((terms_sum, bad_loss), ranks)
+    combined: dict[str, float] = {}
+    for share, _ in shares:
+        for key, value in share.items():
+            combined[key] = combined.get(key, 0.0) + value
+    bad = next((b for _, b in shares if b is not None), None)
+    return combined, bad
+
+
+def _sum_gradients(trainable: list[torch.nn.Parameter], ranks: Ranks) -> None:
+    if ranks.world == 1:
+        return
+    for param in trainable:
+        if param.grad is None:  # a rank with no micro-batch this step still takes part
+            param.grad = torch.zeros_like(param)
+    all_reduce_sum([p.grad for p in trainable], ranks)
 
 
 # --------------------------------------------------------------------------- checkpoints

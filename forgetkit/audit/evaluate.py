@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from forgetkit.audit.sets import EvalSet
+from forgetkit.distributed import Ranks, gather_objects
 from forgetkit.metrics import tofu
 from forgetkit.metrics.canary import exposure
 from forgetkit.metrics.likelihood import shared_prompt_nll
@@ -41,6 +42,7 @@ class EvalOptions:
     batch_size: int = 16
     generation_batch_size: int = 32
     include_examples: bool = False
+    ranks: Ranks = Ranks(0, 1)  # with several processes each evaluates every N-th record
 
 
 def mean_nll(per_token: list[dict[str, list[float]]]) -> list[float]:
@@ -105,6 +107,26 @@ def canary_exposures(model, pad: int, evalset: EvalSet, options: EvalOptions) ->
 def evaluate_set(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, evalset: EvalSet, options: EvalOptions
 ) -> dict[str, Any]:
+    """Per-record metrics and the set's summary. With several processes every rank measures its
+    share of the records and the shares are gathered in record order, so each rank ends with the
+    whole set's result (and every caller, attacks included, runs distributed unchanged)."""
+    ranks = options.ranks
+    if ranks.world == 1:
+        return _summarise(_per_record(model, tokenizer, evalset, options), evalset, options)
+    mine = list(range(len(evalset.records)))[ranks.rank::ranks.world]
+    shares = gather_objects((mine, _per_record(model, tokenizer, evalset.subset(mine), options)), ranks)
+    per: dict[str, list[Any]] = {}
+    for indices, share in shares:
+        for key, values in share.items():
+            column = per.setdefault(key, [None] * len(evalset.records))
+            for index, value in zip(indices, values):
+                column[index] = value
+    return _summarise(per, evalset, options)
+
+
+def _per_record(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, evalset: EvalSet, options: EvalOptions
+) -> dict[str, list[Any]]:
     pad = tokenizer.pad_token_id
     suites = set(options.suites)
     forced = teacher_forced(model, evalset.examples, pad, options.batch_size)
@@ -133,15 +155,22 @@ def evaluate_set(
         scores = [membership_scores(t, evalset.target_text(i)) for i, t in enumerate(forced)]
         for name in SCORES:
             per[f"mia_{name}"] = [s[name] for s in scores]
+    per["_tokens"] = [len(t["nll"]) for t in forced]  # for the set's perplexity; not reported
+    per["_nll_sum"] = [sum(t["nll"]) for t in forced]
+    if options.include_examples:
+        per["generated_answer"] = answers or [""] * len(evalset.records)
+    return per
 
-    total_tokens = sum(len(t["nll"]) for t in forced)
-    summary: dict[str, Any] = {key: mean(values) for key, values in per.items() if not key.startswith("mia_")}
-    summary["perplexity"] = math.exp(sum(sum(t["nll"]) for t in forced) / max(total_tokens, 1))
+
+def _summarise(per: dict[str, list[Any]], evalset: EvalSet, options: EvalOptions) -> dict[str, Any]:
+    tokens, nll_sum = per.pop("_tokens"), per.pop("_nll_sum")
+    skip = ("mia_", "generated_answer")
+    summary: dict[str, Any] = {key: mean(values) for key, values in per.items() if not key.startswith(skip)}
+    summary["perplexity"] = math.exp(sum(nll_sum) / max(sum(tokens), 1))
     if "truth_ratio" in per:
         present = [r for r in per["truth_ratio"] if r is not None]
         summary["truth_ratio"] = tofu.truth_ratio_summary(present, forget=evalset.role == "forget") if present else None
     summary["records"] = len(evalset.records)
     if options.include_examples:
-        per["generated_answer"] = answers or [""] * len(evalset.records)
         per["record"] = [r.fields for r in evalset.records]
     return {"summary": summary, "per_example": per}

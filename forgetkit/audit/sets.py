@@ -48,6 +48,22 @@ class EvalSet:
     def qa(self) -> list[int]:
         return [i for i, r in enumerate(self.records) if r.is_qa]
 
+    def subset(self, indices: list[int]) -> "EvalSet":
+        """The records at ``indices`` (in that order), with their truth-ratio and canary jobs."""
+        position = {old: new for new, old in enumerate(indices)}
+        ratio = canary = None
+        if self.truth_ratio is not None:
+            keep = [k for k, r in enumerate(self.truth_ratio.records) if r in position]
+            ratio = TruthRatioJobs([position[self.truth_ratio.records[k]] for k in keep],
+                                   [self.truth_ratio.correct[k] for k in keep],
+                                   [self.truth_ratio.perturbed[k] for k in keep], self.truth_ratio.has_paraphrase)
+        if self.canaries is not None:
+            keep = [k for k, r in enumerate(self.canaries.records) if r in position]
+            canary = CanaryJobs([position[self.canaries.records[k]] for k in keep],
+                                [self.canaries.candidates[k] for k in keep])
+        return EvalSet(self.role, self.source, [self.records[i] for i in indices], [self.examples[i] for i in indices],
+                       ratio, canary)
+
     def target_text(self, index: int) -> str:
         record = self.records[index]
         return record["answer"] if record.is_qa else record["text"]

@@ -14,11 +14,11 @@ import time
 from typing import Sequence
 
 import torch
-from accelerate import Accelerator
 from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from forgetkit.console import progress_bar
 from forgetkit.data import Example, batches, collate
+from forgetkit.distributed import make_accelerator
 from forgetkit.losses.base import logits_of, mean_nll
 from forgetkit.metrics.extraction import exact_memorisation, teacher_forced
 
@@ -77,7 +77,10 @@ def fine_tune(
 ) -> dict:
     """Train every parameter on the examples' answer tokens; returns epochs, accuracy and time."""
     torch.manual_seed(config.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # No accelerate mixed_precision: it is fixed once per process, and stages in the same process
+    # set it differently. bf16 autocast where the device is a GPU, explicitly.
+    accelerator = make_accelerator()
+    bf16 = accelerator.device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * math.ceil(len(examples) / config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -93,7 +96,7 @@ def fine_tune(
             model.train()
             for group in batches(examples, config.batch_size, generator):
                 batch = {k: v.to(accelerator.device) for k, v in collate(group, tokenizer.pad_token_id).items()}
-                with accelerator.autocast():
+                with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = mean_nll(logits_of(model, batch), batch["labels"])
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -25,7 +25,6 @@ from peft import PeftModel
 
 from forgetkit import __version__
 from forgetkit import registry
-from forgetkit.hub.resolve import local_artifact
 from forgetkit.artifacts import check_artifact, input_record, write_json
 from forgetkit.audit import aggregate
 from forgetkit.audit.attacks import ATTACKS, AttackParams, paraphrase_attack, quantize_attack, relearn_attack, sampling_attack
@@ -35,7 +34,9 @@ from forgetkit.audit.report import write_readable
 from forgetkit.audit.sets import EvalSet, load_eval_set
 from forgetkit.audit.verdict import VerdictThresholds, decide
 from forgetkit.console import console, progress_bar
+from forgetkit.distributed import main_writes, make_accelerator, ranks_of
 from forgetkit.errors import ForgetkitError
+from forgetkit.hub.resolve import local_artifact
 from forgetkit.models import LoadedModel, load_model
 from forgetkit.stages.common import table
 
@@ -172,7 +173,9 @@ def run_audit(
 
     adapter = local_artifact(adapter)
     registry.ensure_ready()
-    loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
+    accelerator = make_accelerator()
+    ranks = ranks_of(accelerator)
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
     sources = {"forget": forget, "retain": retain, "holdout": holdout, "real_authors": real_authors,
                "world_facts": world_facts}
     sources = {role: path for role, path in sources.items() if path}
@@ -191,7 +194,7 @@ def run_audit(
     if reference:
         variants.append(_reference_variant(reference, loaded, params, trust_remote_code))
     options = EvalOptions(suites, params.max_new_tokens, params.batch_size, params.generation_batch_size,
-                          params.include_examples)
+                          params.include_examples, ranks)
     results: dict[str, Any] = {}
     steps = len(variants) * (len(sets) + len(params.attacks))
     with progress_bar("auditing", steps) as advance:
@@ -220,9 +223,18 @@ def run_audit(
         "suites": list(suites),
         "attacks": list(params.attacks),
         "parameters": dataclasses.asdict(params),
+        "processes": ranks.world,
         "redacted": not params.include_examples,
         "results": results,
     }
+    with main_writes(ranks) as writer:
+        if writer:
+            _write_report(report, output)
+    return report
+
+
+def _write_report(report: dict[str, Any], output: Path) -> None:
+    results = report["results"]
     readable = write_readable(report, output.with_suffix(".md"), output.with_suffix(".html"),
                               output.with_name(output.stem + ".plots"))
     write_json(output, report)
@@ -232,7 +244,6 @@ def run_audit(
         console.print(mia)
     console.print(verdict_lines(results))
     console.print(f"[green]wrote[/] {output}, {readable[0].name}, {readable[1].name} and {len(readable) - 2} plots")
-    return report
 
 
 def summary_table(results: dict[str, Any]):

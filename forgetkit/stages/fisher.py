@@ -18,9 +18,10 @@ from forgetkit import registry
 from forgetkit.artifacts import Metadata, input_record, save_tensor_artifact
 from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, batches, collate, target_token_count
+from forgetkit.distributed import Ranks, all_reduce_sum, main_writes, make_accelerator, ranks_of, shard, sum_numbers
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import logits_of, mean_nll
-from forgetkit.models import LoadedModel, discover_targets, load_model
+from forgetkit.models import LoadedModel, discover_targets, load_model, peak_memory_mib, reset_peak_memory
 from forgetkit.stages.common import load_examples, table
 
 ESTIMATORS = ("batch", "example")
@@ -33,14 +34,21 @@ class FisherParams:
     batch_size: int = 8
     estimator: str = "batch"
     dtype: str = "bfloat16"  # storage dtype; accumulation is always float32
+    accumulate_on: str = "device"  # or "cpu": accumulators in host memory
     model_dtype: str = "auto"
     truncate: bool = False
 
 
 def accumulate_fisher(
-    loaded: LoadedModel, targets: Sequence[str], examples: Sequence[Example], batch_size: int, estimator: str, label: str
+    loaded: LoadedModel, targets: Sequence[str], examples: Sequence[Example], batch_size: int, estimator: str, label: str,
+    ranks: Ranks = Ranks(0, 1), accumulate_on: str = "device",
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """Fisher sums (float32, on the model's device, module weight layout) and the target-token total."""
+    """Fisher sums (float32, module weight layout) and the target-token total, over all ranks.
+
+    Each rank takes every N-th batch; the sums and token counts are then all-reduced, which gives
+    exactly the one-process result (the estimator is a sum over batches). ``accumulate_on="cpu"``
+    keeps the accumulators, one float32 copy of the target weights, in host memory.
+    """
     model = loaded.model
     modules = dict(model.named_modules())
     weights = {name: modules[name].weight for name in targets}
@@ -48,10 +56,11 @@ def accumulate_fisher(
         param.requires_grad_(False)
     for weight in weights.values():
         weight.requires_grad_(True)
-    sums = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
-    step = 1 if estimator == "example" else batch_size
-    groups = batches(list(examples), step)
     device = next(model.parameters()).device
+    where = torch.device("cpu") if accumulate_on == "cpu" else device
+    sums = {name: torch.zeros(w.shape, dtype=torch.float32, device=where) for name, w in weights.items()}
+    step = 1 if estimator == "example" else batch_size
+    groups = shard(batches(list(examples), step), ranks)
     tokens_total = 0
     model.eval()  # no dropout: the Fisher of the function we will edit
     try:
@@ -62,13 +71,19 @@ def accumulate_fisher(
                 loss = mean_nll(logits_of(model, batch), batch["labels"])
                 grads = torch.autograd.grad(loss, list(weights.values()))
                 for name, grad in zip(weights, grads):
-                    sums[name].add_(grad.float().square_().mul_(tokens))
+                    sums[name].add_(grad.float().square_().mul_(tokens).to(where))
                 tokens_total += tokens
                 advance()
     finally:
         for weight in weights.values():
             weight.requires_grad_(False)
-    return sums, tokens_total
+    for tensor in sums.values():
+        # NCCL reduces device tensors only: host accumulators travel through the device one at a time.
+        staged = tensor.to(device)
+        all_reduce_sum([staged], ranks)
+        tensor.copy_(staged)
+    (tokens_total,) = sum_numbers([tokens_total], ranks, device)
+    return sums, int(tokens_total)
 
 
 def run_fisher(
@@ -78,16 +93,23 @@ def run_fisher(
         raise ForgetkitError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not '{params.estimator}'")
     if params.dtype not in STORE_DTYPES:
         raise ForgetkitError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, not '{params.dtype}'")
+    if params.accumulate_on not in ("device", "cpu"):
+        raise ForgetkitError(f"--accumulate-on must be device or cpu, not '{params.accumulate_on}'")
     registry.ensure_ready()
-    loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
+    accelerator = make_accelerator()
+    ranks = ranks_of(accelerator)
+    reset_peak_memory(accelerator.device)
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else []
     targets = discover_targets(loaded.model, params.targets)
 
-    forget_sums, forget_tokens = accumulate_fisher(loaded, targets, forget_examples, params.batch_size, params.estimator, "forget")
+    forget_sums, forget_tokens = accumulate_fisher(loaded, targets, forget_examples, params.batch_size, params.estimator,
+                                                   "forget", ranks, params.accumulate_on)
     # Without a retain set, FILA's denominator is its epsilon alone: importance is forget-only.
     retain_sums, retain_tokens = (
-        accumulate_fisher(loaded, targets, retain_examples, params.batch_size, params.estimator, "retain")
+        accumulate_fisher(loaded, targets, retain_examples, params.batch_size, params.estimator, "retain", ranks,
+                          params.accumulate_on)
         if retain_examples
         else ({}, 0)
     )
@@ -108,9 +130,13 @@ def run_fisher(
             "targets": targets,
         },
     )
-    save_tensor_artifact(output, tensors, metadata)
-    registry.record(output)
-    _print_summary(forget_sums, retain_sums, forget_tokens, retain_tokens, output)
+    metadata.results["processes"] = ranks.world
+    metadata.results["peak_memory_mib"] = round(peak_memory_mib(accelerator.device), 1)
+    with main_writes(ranks) as writer:
+        if writer:
+            save_tensor_artifact(output, tensors, metadata)
+            registry.record(output)
+            _print_summary(forget_sums, retain_sums, forget_tokens, retain_tokens, output)
     return metadata
 
 

@@ -40,12 +40,12 @@ import torch
 from peft import PeftModel
 
 from forgetkit import registry
-from forgetkit.hub.resolve import local_artifact
 from forgetkit.artifacts import BaseModelInfo, Metadata, atomic_folder, input_record, model_fingerprint, read_metadata, \
     write_folder_metadata
 from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, Record, encode, load_records
 from forgetkit.errors import ForgetkitError
+from forgetkit.hub.resolve import local_artifact
 from forgetkit.influence.hessian import CURVATURES, AdapterObjective
 from forgetkit.influence.solvers import Solution, conjugate_gradient, lissa, norm
 from forgetkit.models import LoadedModel, load_model

@@ -10,11 +10,12 @@ from peft import PeftModel
 from transformers import AutoTokenizer
 
 from forgetkit import registry
-from forgetkit.hub.resolve import local_artifact
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata
 from forgetkit.console import console
 from forgetkit.errors import ForgetkitError
-from forgetkit.models import load_model
+from forgetkit.hub.resolve import local_artifact
+from forgetkit.merging import merge_by_shard
+from forgetkit.models import describe_model, load_model, peak_memory_mib
 
 PROBE_SHAPE = (2, 32)
 
@@ -24,6 +25,27 @@ class MergeParams:
     max_shard_size: str = "2GB"
     model_dtype: str = "auto"
     seed: int = 0
+    by_shard: bool = False  # fold shard by shard: memory of one shard, not of the model
+
+
+def _merge_by_shard(model_ref: str, adapter: str, output: Path, params: MergeParams, trust_remote_code: bool) -> Metadata:
+    model_dir, info = describe_model(model_ref)
+    adapter_meta = check_artifact(adapter, "unlearn", info)
+    with atomic_folder(output) as staging:
+        counts = merge_by_shard(model_dir, Path(adapter), staging)
+        AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(str(staging))
+        metadata = Metadata(
+            stage="merge",
+            base_model=info,
+            inputs={"adapter": input_record(adapter)},
+            parameters=dataclasses.asdict(params),
+            results={**counts, "peak_memory_mib": round(peak_memory_mib(torch.device("cpu")), 1),
+                     "adapter_stage_parameters": adapter_meta.parameters},
+        )
+        write_folder_metadata(staging, metadata)
+    registry.record(output)
+    console.print(f"[green]wrote[/] {output}  ({counts['modules_merged']} modules folded shard by shard)")
+    return metadata
 
 
 def tolerance_for(dtype: torch.dtype, scale: float) -> float:
@@ -37,6 +59,8 @@ def run_merge(
 ) -> Metadata:
     adapter = local_artifact(adapter)
     registry.ensure_ready()
+    if params.by_shard:
+        return _merge_by_shard(model_ref, adapter, Path(output), params, trust_remote_code)
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
     adapter_meta = check_artifact(adapter, "unlearn", loaded.info)
     model = PeftModel.from_pretrained(loaded.model, adapter)

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
-from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
 from forgetkit import registry
+from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
+from forgetkit.distributed import main_writes, make_accelerator, ranks_of
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, load_model
@@ -66,7 +66,8 @@ def run_unlearn(
     if params.until_forgotten and holdout is None:
         raise ForgetkitError("--until-forgotten needs a held-out set (--holdout) to compare against")
     registry.ensure_ready()
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and params.model_dtype != "float32" else "no")
+    accelerator = make_accelerator()
+    ranks = ranks_of(accelerator)
     loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
 
@@ -93,7 +94,9 @@ def run_unlearn(
         model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, params.targets), rank, alpha))
 
     checkpoints = output.with_name(output.name + ".checkpoints")
-    _guard_resume(checkpoints, params, resume)
+    with main_writes(ranks) as writer:
+        if writer:
+            _guard_resume(checkpoints, params, resume)
 
     def stop_check(epoch: int) -> str | None:
         if not params.until_forgotten:
@@ -113,6 +116,7 @@ def run_unlearn(
         tokenizer.pad_token_id,
         params.train,
         accelerator=accelerator,
+        bf16_autocast=accelerator.device.type == "cuda" and params.model_dtype != "float32",
         checkpoint_dir=checkpoints,
         resume=resume,
         stop_check=stop_check,
@@ -138,16 +142,18 @@ def run_unlearn(
             "tokens_per_second": round(result.tokens / result.seconds, 1) if result.seconds else None,
             "adapter_rank": rank * 2 if mutates_base else rank,
             "converted_from_residual_base": mutates_base,
+            "processes": ranks.world,
         },
     )
-    if accelerator.is_main_process:
-        with atomic_folder(output) as staging:
-            save_adapter(model, staging, Path(init) if init else None, mutates_base)
-            write_folder_metadata(staging, metadata)
-            write_json(staging / TRAINING_LOG, result.log)
-        registry.record(output)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        _print_summary(result, output)
+    with main_writes(ranks) as writer:
+        if writer:
+            with atomic_folder(output) as staging:
+                save_adapter(model, staging, Path(init) if init else None, mutates_base)
+                write_folder_metadata(staging, metadata)
+                write_json(staging / TRAINING_LOG, result.log)
+            registry.record(output)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            _print_summary(result, output)
     return metadata
 
 

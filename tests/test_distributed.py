@@ -1,0 +1,169 @@
+"""Stages on two CPU processes (torchrun, gloo) give what one process gives."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from forgetkit.artifacts import load_tensor_artifact, read_metadata
+from forgetkit.data import load_records
+from forgetkit.distributed import Ranks, rank_generator, shard
+from forgetkit.stages.audit import AuditParams, run_audit
+from forgetkit.stages.fisher import FisherParams, run_fisher
+from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+from forgetkit.training import TrainConfig
+
+BIN = Path(sys.executable).parent
+UNLEARN_ARGS = ("--epochs", "2", "--batch-size", "5", "--micro-batch-size", "2", "--lr", "1e-2", "--rank", "4", "--seed", "3")
+UNLEARN_PARAMS = UnlearnParams(rank=4, train=TrainConfig(lr=1e-2, epochs=2, batch_size=5, micro_batch_size=2, seed=3))
+
+
+def accelerate_launch(*args):
+    """Through accelerate, with the recipe's two-process config."""
+    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "two_processes_cpu.yaml"
+    command = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "-m", "forgetkit.cli", *map(str, args)]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def torchrun(*args, wait=True):
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "forgetkit.cli", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_sharding_covers_every_item_once_and_rank_streams_differ():
+    items = list(range(11))
+    shares = [shard(items, Ranks(r, 3)) for r in range(3)]
+    assert sorted(x for s in shares for x in s) == items and shares[0] == [0, 3, 6, 9]
+    draws = [torch.randperm(1000, generator=rank_generator(7, Ranks(r, 2))) for r in (0, 1)]
+    again = torch.randperm(1000, generator=rank_generator(7, Ranks(0, 2)))
+    assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], again)
+
+
+def test_fisher_on_two_processes_matches_one(tiny_models, data_dir, tmp_path):
+    model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    run_fisher(str(model), str(forget), str(retain), tmp_path / "one.safetensors", FisherParams(dtype="float32", batch_size=3))
+    accelerate_launch("fisher", model, forget, "--retain", retain, "-o", tmp_path / "two.safetensors", "--dtype", "float32",
+                      "--batch-size", "3", "--accumulate-on", "cpu")
+    one, two = load_tensor_artifact(tmp_path / "one.safetensors"), load_tensor_artifact(tmp_path / "two.safetensors")
+    assert set(one) == set(two)
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-5, atol=1e-5 * one[name].abs().max().item()), name
+    meta_one, meta_two = read_metadata(tmp_path / "one.safetensors"), read_metadata(tmp_path / "two.safetensors")
+    assert meta_two.results["processes"] == 2 and meta_one.results["processes"] == 1
+    for key in ("forget_tokens", "retain_tokens", "forget_examples"):
+        assert meta_one.results[key] == meta_two.results[key], key
+    assert meta_two.results["peak_memory_mib"] > 0
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_unlearn_on_two_processes_follows_one(tiny_models, data_dir, tmp_path):
+    """A global batch of 5 in micro-batches of 2, 2 and 1: ranks run two and one of them."""
+    model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    run_unlearn(str(model), str(forget), tmp_path / "one", UNLEARN_PARAMS, retain=str(retain))
+    torchrun("unlearn", model, forget, "--retain", retain, *UNLEARN_ARGS, "-o", tmp_path / "two")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    assert read_metadata(tmp_path / "two").results["processes"] == 2
+
+
+def assert_same_training(one: Path, two: Path, same_tokens: bool = True) -> None:
+    curve_one = json.loads((one / "training_log.json").read_text())
+    curve_two = json.loads((two / "training_log.json").read_text())
+    assert len(curve_one) == len(curve_two) > 4
+    for a, b in zip(curve_one, curve_two):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(abs(a["loss"]), 1.0), (a, b)
+    weights_one = load_file(str(one / "adapter_model.safetensors"))
+    weights_two = load_file(str(two / "adapter_model.safetensors"))
+    for name in weights_one:
+        assert torch.allclose(weights_one[name], weights_two[name], atol=1e-4), name
+    if same_tokens:  # a resumed run counts the tokens it processed itself
+        assert read_metadata(one).results["train_tokens"] == read_metadata(two).results["train_tokens"]
+
+
+def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, data_dir, tmp_path):
+    model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    params = UnlearnParams(rank=4, train=TrainConfig(lr=5e-3, epochs=12, batch_size=5, micro_batch_size=1, seed=1))
+    run_unlearn(str(model), str(forget), tmp_path / "whole", params, retain=str(retain))
+    args = ("unlearn", model, forget, "--retain", retain, "--epochs", "12", "--batch-size", "5", "--micro-batch-size", "1",
+            "--lr", "5e-3", "--rank", "4", "--seed", "1", "-o", tmp_path / "resumed")
+    job = torchrun(*args, wait=False)
+    checkpoints = tmp_path / "resumed.checkpoints"
+    deadline = time.time() + 240
+    while not (checkpoints / "epoch-0002" / "state.json").is_file():
+        assert job.poll() is None and time.time() < deadline, "no second checkpoint before the job ended"
+        time.sleep(0.05)
+    kill_everything_running(str(tmp_path / "resumed"))
+    job.wait()
+    assert not (tmp_path / "resumed").exists()
+    done = sorted(p.name for p in checkpoints.glob("epoch-*"))
+    assert 2 <= len(done) < 12
+    result = torchrun(*args, "--resume")
+    assert f"after epoch {len(done)}" in result.stderr.replace("\n", " ")
+    assert_same_training(tmp_path / "whole", tmp_path / "resumed", same_tokens=False)
+
+
+def kill_everything_running(marker: str) -> None:
+    """SIGKILL the launcher and its workers (a hard crash: no handler runs, nothing is flushed)."""
+    for _ in range(3):
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        time.sleep(0.2)
+
+
+def with_truth_ratio_fields(source: Path, target: Path) -> Path:
+    """The forget set with TOFU's paraphrased and perturbed answers (other records' answers)."""
+    records = [r.fields for r in load_records(str(source)) if "question" in r.fields]
+    rows = []
+    for i, fields in enumerate(records):
+        others = [records[(i + k) % len(records)]["answer"] for k in (1, 2, 3)]
+        rows.append({**fields, "paraphrased_answer": fields["answer"], "perturbed_answer": others})
+    target.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return target
+
+
+def test_audit_on_two_processes_gives_the_same_numbers(tiny_models, data_dir, tmp_path):
+    model = tiny_models["llama"]
+    forget = with_truth_ratio_fields(data_dir / "forget.jsonl", tmp_path / "forget_tofu.jsonl")
+    holdout = data_dir / "holdout.jsonl"
+    params = AuditParams(max_new_tokens=8, canary_candidates=15, attacks=("quantize",))
+    run_audit(str(model), tmp_path / "one.json", params, forget=str(forget), holdout=str(holdout))
+    torchrun("audit", model, "--forget", forget, "--holdout", holdout, "--max-new-tokens", "8", "--canary-candidates", "15",
+             "--attacks", "quantize", "-o", tmp_path / "two.json")
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert two["processes"] == 2 and (tmp_path / "two.html").is_file()
+    assert one["results"]["model"]["sets"]["forget"]["summary"]["truth_ratio"] is not None
+    assert_same_numbers(one["results"], two["results"])
+
+
+def assert_same_numbers(a, b, path=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            assert_same_numbers(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        # Shards batch records differently, so float32 sums differ in the last bits; min-k%++
+        # (a z-score of token log-probabilities) turns that into up to ~3e-5 relative.
+        assert b == pytest.approx(a, rel=2e-4, abs=1e-6), path
+    else:
+        assert a == b, path
