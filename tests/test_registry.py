@@ -190,6 +190,12 @@ def test_registry_cli_list_show_and_off(chain, tmp_path):
     shown = subprocess.run([str(BIN / "forgetkit"), "registry", "show", entry["id"][:6]], capture_output=True,
                            text=True, env={**env, "COLUMNS": "200"})
     assert shown.returncode == 0 and entry["id"] in shown.stdout and "fisher" in shown.stdout
+    # The table shows each adapter with the verdict of its audit.
+    table = subprocess.run([str(BIN / "forgetkit"), "registry", "list", "--stage", "unlearn"], capture_output=True,
+                           text=True, env={**env, "COLUMNS": "250"})
+    audit = next(e for e in registry.RegistryStore(chain / "registry.sqlite").entries() if e.stage == "audit")
+    row = next(line for line in table.stdout.splitlines() if entry["id"] in line)
+    assert audit.summary["verdict"] in row
     off = subprocess.run([str(BIN / "forgetkit"), "registry", "list"], capture_output=True, text=True,
                          env={**env, "FORGETKIT_REGISTRY": "off"})
     assert off.returncode == 1 and "registry is off" in off.stderr

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from forgetkit import registry
 from forgetkit.console import console, output
-from forgetkit.registry.lineage import audits_of, lineage, render
+from forgetkit.registry.lineage import lineage, render
 from forgetkit.stages.common import table
 
 
@@ -31,8 +31,13 @@ def list_entries(base: str | None = None, stage: str | None = None, include_repl
         _print_json([e.__dict__ for e in entries])
         return entries
     rows = []
+    # One pass over the registry for every entry's audits, not one per entry.
+    audits_by_adapter: dict[str, list[registry.Entry]] = {}
+    for e in store.entries():
+        if e.stage == "audit" and e.inputs.get("adapter", {}).get("sha256"):
+            audits_by_adapter.setdefault(e.inputs["adapter"]["sha256"], []).append(e)
     for e in entries:
-        audits = [a for a in audits_of(store, e)] if e.stage != "audit" else [e]
+        audits = audits_by_adapter.get(e.content_sha256, []) if e.stage != "audit" else [e]
         verdict = next((a.summary.get("verdict") for a in reversed(audits) if a.summary.get("verdict")), "")
         pushed = ", ".join(f"{p['repo_id']}@{p.get('revision', 'main')}" for p in e.hub)
         rows.append((e.id, e.stage, e.path, f"{Path(e.base_model).name} ({e.base_fingerprint[:8]})", e.created_at,
