@@ -1,7 +1,7 @@
 """Audit speed on the TOFU forget10 set (400 questions) against (a) a one-by-one loop and (b) a raw
 batched ``generate`` over the same prompts.
 
-    python bench/audit_speed.py [--tofu ../shared/data/tofu] [--max-new-tokens 64] [--batch-size 16] [--generation-batch-size 32] [--repeats 2]
+    python bench/audit_speed.py [--tofu ../shared/data/tofu] [--max-new-tokens 64] [--batch-size 16] [--generation-batch-size 32] [--repeats 3]
 
 Model: a random tiny Llama (hidden 256, 4 layers) with a BPE tokenizer trained on the TOFU text,
 built in a temporary folder. A random model never emits end-of-sequence, so every answer runs to
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=AuditParams.batch_size)
     parser.add_argument("--generation-batch-size", type=int, default=AuditParams.generation_batch_size)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "audit_speed.json")
     args = parser.parse_args()
     quiet_libraries()
@@ -120,19 +120,27 @@ def main() -> None:
     answer_tokens = statistics.mean(len(e.input_ids) - e.prompt_length for e in qa)
     console.print(f"TOFU forget10: {len(qa)} questions, mean answer {answer_tokens:.1f} tokens, "
                   f"{torch.get_num_threads()} CPU threads")
+    # Each measure alternates with the one it is compared to, so a machine that slows down or
+    # speeds up during the run moves both sides of a ratio alike; medians over --repeats.
+    ours, loop = [], []
+    for _ in range(args.repeats):
+        ours.append(timed(lambda: evaluate_set(model, tokenizer, evalset, options), 1))
+        loop.append(one_by_one(model, tokenizer, evalset, args.max_new_tokens))
+    halves = {key: statistics.median(run[key] for run in loop) for key in loop[0]}
+    greedy, raw = [], []
+    for _ in range(args.repeats):
+        greedy.append(timed(lambda: greedy_answers(model, tokenizer, qa, args.max_new_tokens, args.generation_batch_size), 1))
+        raw.append(timed(lambda: raw_generate(model, tokenizer, evalset, args.max_new_tokens, args.generation_batch_size), 1))
     results = {
-        "ours_tofu_suite_s": timed(lambda: evaluate_set(model, tokenizer, evalset, options), args.repeats),
-    }
-    halves = one_by_one(model, tokenizer, evalset, args.max_new_tokens)
-    results |= {"one_by_one_s": sum(halves.values()), **halves,
-        "ours_greedy_answers_s": timed(lambda: greedy_answers(model, tokenizer, qa, args.max_new_tokens, args.generation_batch_size),
-                                       args.repeats),
-        "raw_batched_generate_s": timed(lambda: raw_generate(model, tokenizer, evalset, args.max_new_tokens,
-                                                             args.generation_batch_size), args.repeats),
+        "ours_tofu_suite_s": statistics.median(ours),
+        "one_by_one_s": statistics.median(sum(run.values()) for run in loop), **halves,
+        "ours_greedy_answers_s": statistics.median(greedy),
+        "raw_batched_generate_s": statistics.median(raw),
+        "speedup_per_repeat": [sum(run.values()) / t for run, t in zip(loop, ours)],
     }
     results["speedup_vs_one_by_one"] = results["one_by_one_s"] / results["ours_tofu_suite_s"]
     results["greedy_vs_raw_generate"] = results["raw_batched_generate_s"] / results["ours_greedy_answers_s"]
-    rows = [(k, v) for k, v in results.items()]
+    rows = [(k, v) for k, v in results.items() if not isinstance(v, list)]
     console.print(table("Audit speed, TOFU forget10", ["measure", "value"], rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"questions": len(qa), "mean_answer_tokens": answer_tokens, "max_new_tokens": args.max_new_tokens,
