@@ -99,6 +99,7 @@ def init(
     scheme_param: Optional[List[str]] = typer.Option(None, "--scheme-param", help="KEY=VALUE for the scheme."),
     output: Path = typer.Option(Path("init"), "-o", "--output"),
     seed: int = typer.Option(0, "--seed"),
+    by_layer: bool = typer.Option(False, "--by-layer", help="FILA one weight at a time, without loading the model."),
     model_dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
     registry: Optional[Path] = REGISTRY,
@@ -107,7 +108,8 @@ def init(
     from forgetkit.plugins import parse_params
     from forgetkit.stages.init import InitParams, run_init
 
-    params = InitParams(scheme, rank, alpha, targets, parse_params(scheme_param, "--scheme-param"), model_dtype, seed)
+    params = InitParams(scheme, rank, alpha, targets, parse_params(scheme_param, "--scheme-param"), model_dtype, seed,
+                        by_layer=by_layer)
     run_init(model, output, params, fisher=fisher, trust_remote_code=trust_remote_code)
 
 

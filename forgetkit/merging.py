@@ -35,6 +35,15 @@ def base_shards(model_dir: Path) -> list[str]:
     raise ForgetkitError(f"{model_dir}: no safetensors weights to merge shard by shard")
 
 
+def weight_locations(model_dir: Path) -> dict[str, str]:
+    """Which shard file holds each tensor of a safetensors checkpoint."""
+    if (model_dir / INDEX).is_file():
+        return dict(json.loads((model_dir / INDEX).read_text())["weight_map"])
+    shards = base_shards(model_dir)
+    with safe_open(str(model_dir / shards[0]), framework="pt") as handle:
+        return {key: shards[0] for key in handle.keys()}
+
+
 def lora_deltas(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, bool]:
     """{module name: (A, B)}, the scaling s, and whether weights are stored (in, out) (GPT-2's Conv1D)."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import torch
@@ -74,12 +75,20 @@ class Fila(InitScheme):
                 eps=self.eps,
                 niter=self.niter,
                 fan_in_fan_out=layer.fan_in_fan_out,
+                seed=module_seed(name),
             )
             with torch.no_grad():
                 layer.lora_A["default"].weight.copy_(a0)
                 layer.lora_B["default"].weight.copy_(b0)
                 residual = base_weight_out_in(layer).float() - layer.scaling["default"] * (b0 @ a0)
                 set_base_weight_out_in(layer, residual)
+
+
+OVERSAMPLE = 8
+
+
+def module_seed(name: str) -> int:
+    return zlib.crc32(name.encode())
 
 
 def fila_factors(
@@ -94,13 +103,24 @@ def fila_factors(
     eps: float = 1e-5,
     niter: int = 4,
     fan_in_fan_out: bool = False,
+    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A0, B0) for one (out, in) weight; Fisher tensors come in the module's own layout."""
+    """(A0, B0) for one (out, in) weight; Fisher tensors come in the module's own layout.
+
+    ``seed`` fixes the randomised SVD's sketch for this weight alone, so the factors do not depend on
+    which layers were initialised before it (in memory, or one layer at a time).
+    """
     if fan_in_fan_out:  # GPT-2's Conv1D keeps its weight (and so its Fisher) as (in, out)
         fisher_forget, fisher_retain = fisher_forget.T, fisher_retain.T
     importance = (fisher_forget / max(forget_tokens, 1)) / (eps + fisher_retain / max(retain_tokens, 1))
     row_weight = importance.sum(dim=1).sqrt()
-    u, s, v = torch.svd_lowrank(row_weight[:, None] * weight, q=rank, niter=niter)
+    with torch.random.fork_rng(devices=[weight.device] if weight.is_cuda else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        # A few extra sketch directions (oversampling) make the top-r subspace accurate even at r = 1.
+        q = min(rank + OVERSAMPLE, *weight.shape)
+        u, s, v = torch.svd_lowrank(row_weight[:, None] * weight, q=q, niter=niter)
+        u, s, v = u[:, :rank], s[:rank], v[:, :rank]
     root = (s / scaling).sqrt()
     a0 = (v * root).T
     b0 = (1.0 / (row_weight + eps))[:, None] * (u * root)
