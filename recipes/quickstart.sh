@@ -12,7 +12,7 @@ forgetkit fisher "$MODEL" "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" -o 
 forgetkit init "$MODEL" --fisher "$WORK/fisher.safetensors" --scheme fila --rank 8 -o "$WORK/init"
 # Tiny model, 20 forget records: smaller batches and a larger step than the paper's defaults.
 forgetkit unlearn "$MODEL" "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" --init "$WORK/init" \
-  --loss ihl --lr 2e-3 --epochs 10 --batch-size 4 --micro-batch-size 4 -o "$WORK/adapter"
+  --loss ihl --lr 1.5e-3 --epochs 12 --batch-size 4 --micro-batch-size 4 -o "$WORK/adapter"
 forgetkit merge "$MODEL" "$WORK/adapter" -o "$WORK/merged"
 forgetkit audit "$MODEL" --adapter "$WORK/adapter" --forget "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" \
   --holdout "$WORK/holdout.jsonl" --max-new-tokens 48 --attacks paraphrase,quantize -o "$WORK/report.json"

@@ -11,8 +11,8 @@ run() { accelerate launch --config_file "$CONFIG" -m forgetkit.cli "$@"; }
 
 # Fisher: each process takes every N-th batch; sums and token counts are all-reduced.
 run fisher "$MODEL" "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" -o "$WORK/fisher.safetensors"
-# init is a per-weight decomposition: one process.
-forgetkit init "$MODEL" --fisher "$WORK/fisher.safetensors" --scheme fila --rank 8 -o "$WORK/init"
+# init is a per-weight decomposition: one process, one weight at a time (the memory of a weight, not of the model).
+forgetkit init "$MODEL" --fisher "$WORK/fisher.safetensors" --scheme fila --rank 8 --by-layer -o "$WORK/init"
 # Unlearn: the global batch (--batch-size) is the same whatever the process count; each process runs
 # every N-th micro-batch of it and the LoRA gradients are summed, so N processes follow one.
 run unlearn "$MODEL" "$WORK/forget.jsonl" --retain "$WORK/retain.jsonl" --init "$WORK/init" -o "$WORK/adapter"

@@ -33,7 +33,7 @@ SPLITS = ("forget", "retain", "holdout")
 # hundreds of forget records; here 20 forget records need smaller batches and a larger step.
 QUICKSTART_UNLEARN = UnlearnParams(
     loss="ihl",
-    train=TrainConfig(lr=2e-3, epochs=10, batch_size=4, micro_batch_size=4, seed=SEED),
+    train=TrainConfig(lr=1.5e-3, epochs=12, batch_size=4, micro_batch_size=4, seed=SEED),
 )
 QUICKSTART_RANK = 8
 QUICKSTART_ATTACKS = ("paraphrase", "quantize")
