@@ -10,12 +10,15 @@ With one process every function here is a no-op, and nothing needs ``torch.distr
 from __future__ import annotations
 
 import dataclasses
+import os
 from contextlib import contextmanager
 from typing import Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+
+from forgetkit.errors import ForgetkitError
 
 T = TypeVar("T")
 
@@ -33,6 +36,11 @@ class Ranks:
 def make_accelerator(**kwargs) -> Accelerator:
     """An Accelerator that also sees a multi-process CPU launch (torchrun, or accelerate with MULTI_CPU):
     accelerate only sets up gloo when told the run is on CPU."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() in ("1", "true", "yes"):
+        # Training goes through forgetkit's own loop, not a DeepSpeed engine: rather than ignore the
+        # config (and load the whole model on every GPU), say what does the same job.
+        raise ForgetkitError("DeepSpeed configs are not supported; for a base split over the GPUs (as ZeRO-3 "
+                             "does) use an FSDP config such as recipes/accelerate/fsdp_8_gpus.yaml")
     return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
 
 
@@ -97,3 +105,61 @@ def rank_generator(seed: int, ranks: Ranks, stream: int = 0) -> torch.Generator:
     """A random stream of this rank's own, the same on every run: seeded from the run seed, the rank
     and the stream number, so ranks never draw the same samples and reruns draw them again."""
     return torch.Generator().manual_seed(seed * 1_000_003 + stream * 10_007 + ranks.rank)
+
+
+# --------------------------------------------------------------------------- sharded base (FSDP)
+
+
+def sharded_base_requested() -> bool:
+    """Whether the launch asked for FSDP: ``accelerate launch`` with a config whose distributed_type
+    is FSDP exports ACCELERATE_USE_FSDP=true to every process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+
+
+def shard_base(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> dict[str, int]:
+    """Split the frozen base model over the processes with FSDP2 (torch's ``fully_shard``); returns
+    the number of sharded blocks and the bytes of model weights this process now holds, against
+    the whole model's.
+
+    Each transformer block (the classes in FSDP_TRANSFORMER_CLS_TO_WRAP, else the model's own
+    ``_no_split_modules``) and then the rest of the base become FSDP units: a process keeps 1/N of
+    their weights and gathers a block's weights only while that block runs. The LoRA weights are
+    left out (``ignored_params``): they are small, stay whole on every process, and their gradients
+    are summed by the training loop as in the unsharded case, so the optimiser, checkpoints and
+    the saved adapter are unchanged. accelerate itself shards only on GPUs; calling torch here
+    makes CPU (gloo) runs shard the same way, which is what the tests exercise.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    adapter_params = [p for name, p in model.named_parameters() if "lora_" in name]
+    for param in adapter_params:  # fully_shard moves what it manages to the device; the rest is ours to move
+        param.data = param.data.to(device)
+    names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or ",".join(getattr(base, "_no_split_modules", None) or [])
+    block_classes = {name.strip() for name in names.split(",") if name.strip()}
+    whole = sum(p.numel() * p.element_size() for p in model.parameters())
+    mesh = init_device_mesh(device.type, (ranks.world,))
+    blocks = [module for module in base.modules() if type(module).__name__ in block_classes]
+    for block in blocks:
+        fully_shard(block, mesh=mesh, ignored_params=set(adapter_params))
+    fully_shard(base, mesh=mesh, ignored_params=set(adapter_params))
+    held = sum(local_part(p).numel() * p.element_size() for p in model.parameters())
+    return {"blocks": len(blocks), "held_bytes": held, "model_bytes": whole}
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's slice of a sharded (DTensor) weight or gradient; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def gather_sharded(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The whole tensor from every process's slice ``local``, split as the sharded parameter ``like``
+    is (a collective: every process calls it, in the same order). A plain ``like`` returns ``local``."""
+    if not hasattr(like, "device_mesh"):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    device = like.to_local().device
+    whole = DTensor.from_local(local.to(device), like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+    return whole.full_tensor()

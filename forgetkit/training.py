@@ -83,6 +83,7 @@ def train(
     resume: bool = False,
     stop_check: StopCheck | None = None,
     bf16_autocast: bool = False,
+    equal_passes: bool = False,
 ) -> TrainResult:
     """Train the adapter; with several processes, each takes every N-th micro-batch of each global batch.
 
@@ -92,6 +93,11 @@ def train(
     the same loss curve. The model is not wrapped for DDP on purpose: its per-backward all-reduce
     needs every rank to run the same number of backward passes, which a global batch that does not
     divide evenly breaks.
+
+    ``equal_passes`` (a sharded base, whose every forward and backward gathers weights across
+    processes) makes every process run the same number of passes per step: one with fewer
+    micro-batches adds a pass over the step's first micro-batch with weight 0, and a diverged loss
+    does not end a process's passes early (the divergence is raised after the step, everywhere).
     """
     if config.micro_batch_size < 1 or config.batch_size < 1:
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
@@ -137,19 +143,24 @@ def train(
                 retains = [retain_stream.next() if retain_stream else None for _ in micros]
                 terms_sum: dict[str, float] = {}
                 bad_loss = None
-                for index, (micro, retain_micro) in enumerate(zip(micros, retains)):
-                    if not owns(index, ranks):
-                        continue
+                mine: list[int | None] = [i for i in range(len(micros)) if owns(i, ranks)]
+                if equal_passes:
+                    mine += [None] * (math.ceil(len(micros) / ranks.world) - len(mine))
+                for index in mine:
+                    micro, retain_micro = (micros[0], retains[0]) if index is None else (micros[index], retains[index])
                     forget_batch = to_device(micro)
                     retain_batch = to_device(retain_micro) if retain_micro else None
                     ctx = LossContext(model=model, forget=forget_batch, retain=retain_batch, reference=reference)
                     with autocast():
                         terms = loss_fn(ctx)
-                    weight = len(micro) / len(batch_examples)
+                    weight = 0.0 if index is None else len(micro) / len(batch_examples)
                     if not torch.isfinite(terms["loss"]):
                         bad_loss = terms["loss"].item()
-                        break
+                        if not equal_passes:
+                            break
                     accelerator.backward(terms["loss"] * weight)
+                    if index is None or bad_loss is not None:
+                        continue
                     for key, value in terms.items():
                         terms_sum[key] = terms_sum.get(key, 0.0) + value.item() * weight
                     tokens += target_token_count(forget_batch) + (target_token_count(retain_batch) if retain_batch else 0)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The stages on several processes: the same commands, launched by accelerate.
 # Usage: recipes/scale_out.sh CONFIG MODEL WORKDIR
-#   CONFIG: recipes/accelerate/single_gpu.yaml, multi_gpu.yaml (8 GPUs) or two_processes_cpu.yaml
+#   CONFIG: recipes/accelerate/single_gpu.yaml, multi_gpu.yaml (8 GPUs, a copy of the base on each),
+#           fsdp_8_gpus.yaml (8 GPUs, the base split between them), two_processes_cpu.yaml or
+#           fsdp_two_processes_cpu.yaml
 #   WORKDIR holds forget.jsonl, retain.jsonl and holdout.jsonl; outputs are written beside them.
 set -euo pipefail
 CONFIG=$1

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from forgetkit.artifacts import load_tensor_artifact, read_metadata
+from forgetkit.audit.attacks import AttackParams
 from forgetkit.data import load_records
 from forgetkit.distributed import Ranks, rank_generator, shard
 from forgetkit.stages.audit import AuditParams, run_audit
@@ -25,11 +26,13 @@ UNLEARN_ARGS = ("--epochs", "2", "--batch-size", "5", "--micro-batch-size", "2",
 UNLEARN_PARAMS = UnlearnParams(rank=4, train=TrainConfig(lr=1e-2, epochs=2, batch_size=5, micro_batch_size=2, seed=3))
 
 
-def accelerate_launch(*args):
-    """Through accelerate, with the recipe's two-process config."""
-    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "two_processes_cpu.yaml"
+def accelerate_launch(*args, config_name: str = "two_processes_cpu.yaml"):
+    """Through accelerate, with one of the recipes' two-process configs."""
+    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / config_name
     command = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "-m", "forgetkit.cli", *map(str, args)]
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    # A bounded wait: processes out of step in a collective would otherwise hang the test run.
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -39,7 +42,7 @@ def torchrun(*args, wait=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -51,6 +54,15 @@ def test_sharding_covers_every_item_once_and_rank_streams_differ():
     draws = [torch.randperm(1000, generator=rank_generator(7, Ranks(r, 2))) for r in (0, 1)]
     again = torch.randperm(1000, generator=rank_generator(7, Ranks(0, 2)))
     assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], again)
+
+
+def test_a_deepspeed_config_is_refused_before_any_work(tiny_models, data_dir, tmp_path, monkeypatch):
+    from forgetkit.errors import ForgetkitError
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ForgetkitError, match="DeepSpeed configs are not supported.*fsdp_8_gpus.yaml"):
+        run_fisher(str(tiny_models["llama"]), str(data_dir / "forget.jsonl"), None, tmp_path / "f.safetensors", FisherParams())
+    assert not (tmp_path / "f.safetensors").exists()
 
 
 def test_fisher_on_two_processes_matches_one(tiny_models, data_dir, tmp_path):
@@ -70,6 +82,24 @@ def test_fisher_on_two_processes_matches_one(tiny_models, data_dir, tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_fisher_with_a_sharded_base_matches_one_process(tiny_models, data_dir, tmp_path):
+    """FSDP: each process holds half of every weight and squares its half of each batch's gradient."""
+    model, forget, retain = tiny_models["gpt2"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    run_fisher(str(model), str(forget), str(retain), tmp_path / "one.safetensors", FisherParams(dtype="float32", batch_size=3))
+    accelerate_launch("fisher", model, forget, "--retain", retain, "-o", tmp_path / "two.safetensors", "--dtype", "float32",
+                      "--batch-size", "3", config_name="fsdp_two_processes_cpu.yaml")
+    one, two = load_tensor_artifact(tmp_path / "one.safetensors"), load_tensor_artifact(tmp_path / "two.safetensors")
+    assert set(one) == set(two)
+    for name in one:
+        assert one[name].shape == two[name].shape, name
+        assert torch.allclose(one[name], two[name], rtol=1e-5, atol=1e-5 * one[name].abs().max().item()), name
+    meta_one, meta_two = read_metadata(tmp_path / "one.safetensors"), read_metadata(tmp_path / "two.safetensors")
+    for key in ("forget_tokens", "retain_tokens", "forget_examples"):
+        assert meta_one.results[key] == meta_two.results[key], key
+    sharding = meta_two.results["sharded_base"]
+    assert sharding["blocks"] == 2 and sharding["held_bytes"] < 0.6 * sharding["model_bytes"], sharding
+
+
 def test_unlearn_on_two_processes_follows_one(tiny_models, data_dir, tmp_path):
     """A global batch of 5 in micro-batches of 2, 2 and 1: ranks run two and one of them."""
     model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
@@ -77,6 +107,29 @@ def test_unlearn_on_two_processes_follows_one(tiny_models, data_dir, tmp_path):
     torchrun("unlearn", model, forget, "--retain", retain, *UNLEARN_ARGS, "-o", tmp_path / "two")
     assert_same_training(tmp_path / "one", tmp_path / "two")
     assert read_metadata(tmp_path / "two").results["processes"] == 2
+
+
+def test_unlearn_with_a_sharded_base_follows_one_process(tiny_models, data_dir, tmp_path):
+    """FSDP through accelerate's config: each process holds half the base, the training is the
+    one-process training, including FILA's residual base and the conversion of the result to a plain
+    LoRA for the original base; an uneven global batch (5 in micro-batches 2, 2, 1) keeps the ranks'
+    gathers in step."""
+    from forgetkit.stages.init import InitParams, run_init
+
+    model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    run_fisher(str(model), str(forget), str(retain), tmp_path / "fisher.safetensors", FisherParams(batch_size=4))
+    run_init(str(model), tmp_path / "init", InitParams(rank=4), fisher=str(tmp_path / "fisher.safetensors"))
+    run_unlearn(str(model), str(forget), tmp_path / "one", UNLEARN_PARAMS, retain=str(retain), init=str(tmp_path / "init"))
+    accelerate_launch("unlearn", model, forget, "--retain", retain, "--init", tmp_path / "init", *UNLEARN_ARGS,
+                      "-o", tmp_path / "two", config_name="fsdp_two_processes_cpu.yaml")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    results = read_metadata(tmp_path / "two").results
+    sharding = results["sharded_base"]
+    assert results["processes"] == 2 and results["converted_from_residual_base"]
+    assert sharding["blocks"] == 2  # the tiny Llama's two decoder layers
+    # Half of every sharded weight, plus the whole (small) LoRA weights.
+    assert 0.45 * sharding["model_bytes"] < sharding["held_bytes"] < 0.6 * sharding["model_bytes"], sharding
+    assert read_metadata(tmp_path / "one").results["sharded_base"] is None
 
 
 def assert_same_training(one: Path, two: Path, same_tokens: bool = True) -> None:
@@ -149,6 +202,27 @@ def test_audit_on_two_processes_gives_the_same_numbers(tiny_models, data_dir, tm
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert two["processes"] == 2 and (tmp_path / "two.html").is_file()
     assert one["results"]["model"]["sets"]["forget"]["summary"]["truth_ratio"] is not None
+    assert_same_numbers(one["results"], two["results"])
+
+
+def test_audit_with_a_sharded_base_gives_the_same_numbers(tiny_models, data_dir, tmp_path):
+    """FSDP: every process evaluates every record on the sharded model (base and unlearned variants,
+    paraphrase and sampling attacks); the report is the one-process report."""
+    model, holdout = tiny_models["llama"], data_dir / "holdout.jsonl"
+    forget = with_truth_ratio_fields(data_dir / "forget.jsonl", tmp_path / "forget_tofu.jsonl")
+    run_unlearn(str(model), str(data_dir / "forget.jsonl"), tmp_path / "adapter",
+                UnlearnParams(loss="ga", rank=4, train=TrainConfig(lr=1e-2, epochs=1, batch_size=8, micro_batch_size=8)))
+    params = AuditParams(max_new_tokens=8, canary_candidates=15, attacks=("paraphrase", "sampling"),
+                         attack=AttackParams(samples=4))
+    run_audit(str(model), tmp_path / "one.json", params, forget=str(forget), holdout=str(holdout),
+              adapter=str(tmp_path / "adapter"))
+    common = ("audit", model, "--adapter", tmp_path / "adapter", "--forget", forget, "--holdout", holdout,
+              "--max-new-tokens", "8", "--canary-candidates", "15", "--samples", "4")
+    accelerate_launch(*common, "--attacks", "paraphrase,sampling", "-o", tmp_path / "two.json",
+                      config_name="fsdp_two_processes_cpu.yaml")
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert two["processes"] == 2 and two["sharded_base"] and not one["sharded_base"]
+    assert set(two["results"]) == {"base", "unlearned"}
     assert_same_numbers(one["results"], two["results"])
 
 

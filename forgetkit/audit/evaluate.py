@@ -129,7 +129,7 @@ def _per_record(
 ) -> dict[str, list[Any]]:
     pad = tokenizer.pad_token_id
     suites = set(options.suites)
-    forced = teacher_forced(model, evalset.examples, pad, options.batch_size)
+    forced = teacher_forced(model, evalset.examples, pad, options.batch_size, zscores="mia" in suites)
     nll = mean_nll(forced)
     per: dict[str, list[Any]] = {
         "nll": nll,

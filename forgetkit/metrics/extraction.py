@@ -39,6 +39,7 @@ def teacher_forced(
     pad_token_id: int,
     batch_size: int = 16,
     detailed: bool = True,
+    zscores: bool = True,
 ) -> list[dict[str, list[float]]]:
     """One forward pass per batch; per example and per target token:
 
@@ -48,7 +49,8 @@ def teacher_forced(
     - ``hit_all``: argmax hits over every predicted position, prompt included (Jang et al.'s MA).
 
     ``detailed=False`` returns ``nll`` and ``hit`` only (no vocabulary-wide statistics), for
-    callers that rank or compare likelihoods. Examples are bucketed by length (sorted) so batches carry little padding; results come back in
+    callers that rank or compare likelihoods; ``zscores=False`` leaves out ``zscore`` alone (only
+    membership inference reads it, and it costs two more passes over the vocabulary). Examples are bucketed by length (sorted) so batches carry little padding; results come back in
     the input order.
     """
     device = next(model.parameters()).device
@@ -69,7 +71,7 @@ def teacher_forced(
         log_probs = torch.log_softmax(logits[mask], dim=-1)
         chosen = log_probs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
         hits = (logits[mask].argmax(-1) == targets[mask]).float()
-        if detailed:
+        if detailed and zscores:
             probs = log_probs.exp()
             mu = (probs * log_probs).sum(-1)
             sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
@@ -81,7 +83,8 @@ def teacher_forced(
             offset += count
             results[number] = {"nll": nll[part], "hit": hit[part]}
             if detailed:
-                results[number]["zscore"] = zscore[part]
+                if zscores:
+                    results[number]["zscore"] = zscore[part]
                 results[number]["hit_all"] = hits_all[row][real[row]].float().tolist()
     model.train(was_training)
     return results

@@ -34,7 +34,7 @@ from forgetkit.audit.report import write_readable
 from forgetkit.audit.sets import EvalSet, load_eval_set
 from forgetkit.audit.verdict import VerdictThresholds, decide
 from forgetkit.console import console, progress_bar
-from forgetkit.distributed import main_writes, make_accelerator, ranks_of
+from forgetkit.distributed import Ranks, main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
 from forgetkit.errors import ForgetkitError
 from forgetkit.hub.resolve import local_artifact
 from forgetkit.models import LoadedModel, load_model
@@ -175,7 +175,13 @@ def run_audit(
     registry.ensure_ready()
     accelerator = make_accelerator()
     ranks = ranks_of(accelerator)
-    loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
+    sharded = sharded_base_requested() and ranks.world > 1
+    if sharded and {"quantize", "relearn"} & set(attack_names):
+        raise ForgetkitError("the quantize and relearn attacks load a whole copy of the model; "
+                             "they are not supported with a sharded (FSDP) base yet")
+    # A sharded base is built on the host and split before it reaches the device.
+    load_device = torch.device("cpu") if sharded else accelerator.device
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device, trust_remote_code=trust_remote_code)
     sources = {"forget": forget, "retain": retain, "holdout": holdout, "real_authors": real_authors,
                "world_facts": world_facts}
     sources = {role: path for role, path in sources.items() if path}
@@ -193,8 +199,13 @@ def run_audit(
     variants = _variants(loaded, model_ref, adapter, params, trust_remote_code)
     if reference:
         variants.append(_reference_variant(reference, loaded, params, trust_remote_code))
+    if sharded:
+        for model in {id(v.model): v.model for v in variants}.values():
+            shard_base(model, ranks, accelerator.device)
+    # With a sharded base every process evaluates every record: each forward pass gathers weights
+    # from all processes, so all must run the same passes (record-sharded batches would not).
     options = EvalOptions(suites, params.max_new_tokens, params.batch_size, params.generation_batch_size,
-                          params.include_examples, ranks)
+                          params.include_examples, Ranks(0, 1) if sharded else ranks)
     results: dict[str, Any] = {}
     steps = len(variants) * (len(sets) + len(params.attacks))
     with progress_bar("auditing", steps) as advance:
@@ -224,6 +235,7 @@ def run_audit(
         "attacks": list(params.attacks),
         "parameters": dataclasses.asdict(params),
         "processes": ranks.world,
+        "sharded_base": sharded,
         "redacted": not params.include_examples,
         "results": results,
     }

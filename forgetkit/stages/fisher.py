@@ -18,7 +18,8 @@ from forgetkit import registry
 from forgetkit.artifacts import Metadata, input_record, save_tensor_artifact
 from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, batches, collate, target_token_count
-from forgetkit.distributed import Ranks, all_reduce_sum, main_writes, make_accelerator, ranks_of, shard, sum_numbers
+from forgetkit.distributed import (Ranks, all_reduce_sum, gather_sharded, local_part, main_writes, make_accelerator,
+                                   ranks_of, shard, shard_base, sharded_base_requested, sum_numbers)
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import logits_of, mean_nll
 from forgetkit.models import LoadedModel, discover_targets, load_model, peak_memory_mib, reset_peak_memory
@@ -41,26 +42,34 @@ class FisherParams:
 
 def accumulate_fisher(
     loaded: LoadedModel, targets: Sequence[str], examples: Sequence[Example], batch_size: int, estimator: str, label: str,
-    ranks: Ranks = Ranks(0, 1), accumulate_on: str = "device",
+    ranks: Ranks = Ranks(0, 1), accumulate_on: str = "device", sharded: bool = False,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Fisher sums (float32, module weight layout) and the target-token total, over all ranks.
 
     Each rank takes every N-th batch; the sums and token counts are then all-reduced, which gives
     exactly the one-process result (the estimator is a sum over batches). ``accumulate_on="cpu"``
     keeps the accumulators, one float32 copy of the target weights, in host memory.
+
+    ``sharded``: the model's weights are split over the processes (FSDP, see ``shard_base``; the
+    target weights must already require gradients). FSDP sums each weight's gradient over the
+    processes as it splits it, and the Fisher needs each batch's gradient squared before any sum, so
+    here every process runs every batch: FSDP's averaged gradient is then that batch's gradient, and
+    each process squares and accumulates its own slice. The slices are gathered at the end. The
+    model, not the work, is what is divided.
     """
     model = loaded.model
     modules = dict(model.named_modules())
     weights = {name: modules[name].weight for name in targets}
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for weight in weights.values():
-        weight.requires_grad_(True)
+    if not sharded:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for weight in weights.values():
+            weight.requires_grad_(True)
     device = next(model.parameters()).device
     where = torch.device("cpu") if accumulate_on == "cpu" else device
-    sums = {name: torch.zeros(w.shape, dtype=torch.float32, device=where) for name, w in weights.items()}
+    sums = {name: torch.zeros(local_part(w).shape, dtype=torch.float32, device=where) for name, w in weights.items()}
     step = 1 if estimator == "example" else batch_size
-    groups = shard(batches(list(examples), step), ranks)
+    groups = batches(list(examples), step) if sharded else shard(batches(list(examples), step), ranks)
     tokens_total = 0
     model.eval()  # no dropout: the Fisher of the function we will edit
     try:
@@ -69,14 +78,23 @@ def accumulate_fisher(
                 batch = {k: v.to(device) for k, v in collate(group, loaded.tokenizer.pad_token_id).items()}
                 tokens = target_token_count(batch)
                 loss = mean_nll(logits_of(model, batch), batch["labels"])
-                grads = torch.autograd.grad(loss, list(weights.values()))
+                if sharded:
+                    loss.backward()  # FSDP's hooks gather and split the gradients; autograd.grad bypasses them
+                    grads = [local_part(w.grad) for w in weights.values()]
+                    for weight in weights.values():
+                        weight.grad = None
+                else:
+                    grads = torch.autograd.grad(loss, list(weights.values()))
                 for name, grad in zip(weights, grads):
                     sums[name].add_(grad.float().square_().mul_(tokens).to(where))
                 tokens_total += tokens
                 advance()
     finally:
-        for weight in weights.values():
-            weight.requires_grad_(False)
+        if not sharded:
+            for weight in weights.values():
+                weight.requires_grad_(False)
+    if sharded:
+        return {name: gather_sharded(sums[name], weights[name]).to(where) for name in weights}, tokens_total
     for tensor in sums.values():
         # NCCL reduces device tensors only: host accumulators travel through the device one at a time.
         staged = tensor.to(device)
@@ -98,21 +116,31 @@ def run_fisher(
     registry.ensure_ready()
     accelerator = make_accelerator()
     ranks = ranks_of(accelerator)
+    sharded = sharded_base_requested() and ranks.world > 1
     reset_peak_memory(accelerator.device)
-    loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
+    # A sharded base is built on the host and split before it reaches the device.
+    load_device = torch.device("cpu") if sharded else accelerator.device
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device, trust_remote_code=trust_remote_code)
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else []
     targets = discover_targets(loaded.model, params.targets)
+    sharding = None
+    if sharded:
+        # FSDP fixes which weights take gradients when it wraps them: the targets, set first.
+        modules = dict(loaded.model.named_modules())
+        for param in loaded.model.parameters():
+            param.requires_grad_(False)
+        for name in targets:
+            modules[name].weight.requires_grad_(True)
+        sharding = shard_base(loaded.model, ranks, accelerator.device)
 
-    forget_sums, forget_tokens = accumulate_fisher(loaded, targets, forget_examples, params.batch_size, params.estimator,
-                                                   "forget", ranks, params.accumulate_on)
+    def accumulate(examples, label):
+        return accumulate_fisher(loaded, targets, examples, params.batch_size, params.estimator, label, ranks,
+                                 params.accumulate_on, sharded)
+
+    forget_sums, forget_tokens = accumulate(forget_examples, "forget")
     # Without a retain set, FILA's denominator is its epsilon alone: importance is forget-only.
-    retain_sums, retain_tokens = (
-        accumulate_fisher(loaded, targets, retain_examples, params.batch_size, params.estimator, "retain", ranks,
-                          params.accumulate_on)
-        if retain_examples
-        else ({}, 0)
-    )
+    retain_sums, retain_tokens = accumulate(retain_examples, "retain") if retain_examples else ({}, 0)
 
     store = STORE_DTYPES[params.dtype]
     tensors = {f"forget/{n}": t.to(store) for n, t in forget_sums.items()}
@@ -131,6 +159,7 @@ def run_fisher(
         },
     )
     metadata.results["processes"] = ranks.world
+    metadata.results["sharded_base"] = sharding
     metadata.results["peak_memory_mib"] = round(peak_memory_mib(accelerator.device), 1)
     with main_writes(ranks) as writer:
         if writer:

@@ -13,7 +13,7 @@ from forgetkit import registry
 from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
-from forgetkit.distributed import main_writes, make_accelerator, ranks_of
+from forgetkit.distributed import main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, load_model
@@ -68,7 +68,13 @@ def run_unlearn(
     registry.ensure_ready()
     accelerator = make_accelerator()
     ranks = ranks_of(accelerator)
-    loaded = load_model(model_ref, dtype=params.model_dtype, device=accelerator.device, trust_remote_code=trust_remote_code)
+    sharded = sharded_base_requested() and ranks.world > 1
+    if sharded and params.until_forgotten:
+        raise ForgetkitError("--until-forgotten is not supported with a sharded (FSDP) base yet; run it without FSDP")
+    # A sharded base is built on the host and split before it reaches the device: no process ever
+    # holds the whole model in device memory.
+    load_device = torch.device("cpu") if sharded else accelerator.device
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
 
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=loss_fn.prepare_forget)
@@ -92,6 +98,8 @@ def run_unlearn(
         rank = params.rank
         alpha = float(params.alpha if params.alpha is not None else 2 * params.rank)
         model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, params.targets), rank, alpha))
+
+    sharding = shard_base(model, ranks, accelerator.device) if sharded else None
 
     checkpoints = output.with_name(output.name + ".checkpoints")
     with main_writes(ranks) as writer:
@@ -120,6 +128,7 @@ def run_unlearn(
         checkpoint_dir=checkpoints,
         resume=resume,
         stop_check=stop_check,
+        equal_passes=sharded,
     )
     model = accelerator.unwrap_model(model)
     final = result.log[-1] if result.log else {}
@@ -143,6 +152,7 @@ def run_unlearn(
             "adapter_rank": rank * 2 if mutates_base else rank,
             "converted_from_residual_base": mutates_base,
             "processes": ranks.world,
+            "sharded_base": sharding,  # blocks, and the weight bytes one process held against the whole model's
         },
     )
     with main_writes(ranks) as writer:
