@@ -21,6 +21,21 @@ def forgetkit(*args, check=True, env=None):
     return result
 
 
+def forgetkit_here(*args, check=True):
+    """The same command in this process: no interpreter start-up (3 s a call), for the many error
+    checks; ``forgetkit`` above runs the real console script."""
+    from typer.testing import CliRunner
+
+    from forgetkit.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback the user would have seen
+    if check and result.exit_code != 0:
+        raise AssertionError(result.stderr)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def one_line_error(result, pattern):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -44,25 +59,25 @@ def test_bad_inputs_give_one_line_errors(tiny_models, data_dir, tmp_path):
     one_line_error(forgetkit("fisher", llama, tmp_path / "bad.jsonl", "--retain", data_dir / "retain_small.jsonl",
                              "-o", tmp_path / "f.st", check=False), r"bad.jsonl:2: invalid JSON")
     (tmp_path / "empty.jsonl").write_text("")
-    one_line_error(forgetkit("fisher", llama, tmp_path / "empty.jsonl", "--retain", data_dir / "retain_small.jsonl",
+    one_line_error(forgetkit_here("fisher", llama, tmp_path / "empty.jsonl", "--retain", data_dir / "retain_small.jsonl",
                              check=False), r"empty.jsonl: no records")
-    one_line_error(forgetkit("unlearn", llama, data_dir / "forget.jsonl", "--loss", "nope", check=False),
+    one_line_error(forgetkit_here("unlearn", llama, data_dir / "forget.jsonl", "--loss", "nope", check=False),
                    r"unknown loss 'nope' \(installed: .*ihl")
-    one_line_error(forgetkit("unlearn", llama, data_dir / "forget.jsonl", "--loss-param", "beta", check=False),
+    one_line_error(forgetkit_here("unlearn", llama, data_dir / "forget.jsonl", "--loss-param", "beta", check=False),
                    r"--loss-param 'beta': expected KEY=VALUE")
-    one_line_error(forgetkit("unlearn", llama, data_dir / "forget.jsonl", "--loss", "npo", "--loss-param", "beta=high",
+    one_line_error(forgetkit_here("unlearn", llama, data_dir / "forget.jsonl", "--loss", "npo", "--loss-param", "beta=high",
                              check=False), r"parameter 'beta' expects float")
-    one_line_error(forgetkit("audit", tmp_path / "nomodel", "--forget", data_dir / "forget.jsonl", check=False),
+    one_line_error(forgetkit_here("audit", tmp_path / "nomodel", "--forget", data_dir / "forget.jsonl", check=False),
                    r"nomodel: not a local folder and could not be fetched")
 
     # An artifact of the right stage for another model, and one of the wrong stage.
-    forgetkit("fisher", gpt2, data_dir / "forget.jsonl", "--retain", data_dir / "retain_small.jsonl", "-o", tmp_path / "g.st")
-    one_line_error(forgetkit("init", llama, "--fisher", tmp_path / "g.st", "-o", tmp_path / "init", check=False),
+    forgetkit_here("fisher", gpt2, data_dir / "forget.jsonl", "--retain", data_dir / "retain_small.jsonl", "-o", tmp_path / "g.st")
+    one_line_error(forgetkit_here("init", llama, "--fisher", tmp_path / "g.st", "-o", tmp_path / "init", check=False),
                    r"g.st: made for base model .*gpt2.* not .*llama")
-    forgetkit("init", gpt2, "--fisher", tmp_path / "g.st", "-o", tmp_path / "init")
-    one_line_error(forgetkit("init", gpt2, "--fisher", tmp_path / "init", "-o", tmp_path / "init2", check=False),
+    forgetkit_here("init", gpt2, "--fisher", tmp_path / "g.st", "-o", tmp_path / "init")
+    one_line_error(forgetkit_here("init", gpt2, "--fisher", tmp_path / "init", "-o", tmp_path / "init2", check=False),
                    r"init: is a 'init' artifact, but a fisher artifact is needed")
-    one_line_error(forgetkit("merge", gpt2, tmp_path / "init", check=False), r"is a 'init' artifact, but a unlearn")
+    one_line_error(forgetkit_here("merge", gpt2, tmp_path / "init", check=False), r"is a 'init' artifact, but a unlearn")
     assert not (tmp_path / "init2").exists()
 
 
@@ -125,28 +140,28 @@ def test_audit_bad_inputs_give_one_line_errors(tiny_models, tokenizer, data_dir,
     one_line_error(forgetkit("audit", tmp_path / "mismatch", "--forget", forget, check=False),
                    r"model and tokenizer do not match \(the tokenizer has \d+ tokens, the model's embedding 100 rows\)")
     (tmp_path / "empty.jsonl").write_text("\n")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--holdout", tmp_path / "empty.jsonl", check=False),
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--holdout", tmp_path / "empty.jsonl", check=False),
                    r"empty.jsonl: no records")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--suite", "mia", check=False),
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--suite", "mia", check=False),
                    r"the mia suite needs a held-out set")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--suite", "tofu", check=False),
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--suite", "tofu", check=False),
                    r"forget.jsonl: the tofu suite needs forget records with 'perturbed_answer'")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--suite", "extraktion", check=False),
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--suite", "extraktion", check=False),
                    r"unknown suite 'extraktion'")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--attacks", "jailbreak", check=False),
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--attacks", "jailbreak", check=False),
                    r"unknown attack 'jailbreak'")
     (tmp_path / "secret.jsonl").write_text('{"question": "q?", "answer": "a", "secret": "123"}\n')
-    one_line_error(forgetkit("audit", llama, "--forget", tmp_path / "secret.jsonl", check=False),
+    one_line_error(forgetkit_here("audit", llama, "--forget", tmp_path / "secret.jsonl", check=False),
                    r"secret.jsonl:1: the secret does not occur in the record's answer or text")
 
     # A reference report made on another forget set is refused, naming both hashes.
-    forgetkit("audit", llama, "--forget", holdout, "--holdout", forget, "--suite", "mia", "-o", tmp_path / "ref.json")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--holdout", holdout, "--suite", "mia",
+    forgetkit_here("audit", llama, "--forget", holdout, "--holdout", forget, "--suite", "mia", "-o", tmp_path / "ref.json")
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--holdout", holdout, "--suite", "mia",
                              "--reference-report", tmp_path / "ref.json", check=False),
                    r"ref.json: the reference report was made on a different forget set")
     (tmp_path / "notreport.json").write_text('{"hello": 1}')
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--reference-report", tmp_path / "notreport.json",
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--reference-report", tmp_path / "notreport.json",
                              check=False), r"notreport.json: not a forgetkit audit report")
-    one_line_error(forgetkit("audit", llama, "--forget", forget, "--reference", llama, "--reference-report",
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--reference", llama, "--reference-report",
                              tmp_path / "ref.json", check=False), r"either --reference or --reference-report")
     assert not (tmp_path / "report.json").exists()

@@ -43,5 +43,13 @@ def test_shared_prompt_nll_equals_each_answer_scored_alone(tiny_models, arch, mo
         got = shared_prompt_nll(model, 0, items, max_rows=max_rows)
         for row, want in zip(got, expected):
             assert row == pytest.approx(want, rel=2e-5, abs=1e-5), (arch, max_rows)
+    # Through a PEFT wrapper (as the audit's unlearned variant runs), with the wrapped model's logits_to_keep.
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    assert likelihood._accepts_logits_to_keep(wrapped)
+    got = shared_prompt_nll(wrapped, 0, items, max_rows=4)
+    for row, want in zip(got, expected):  # LoRA B starts at zero: the same function
+        assert row == pytest.approx(want, rel=2e-5, abs=1e-5), arch
     assert likelihood._shared_opening(items[0][1]) == 4
     assert likelihood._shared_opening(items[3][1]) == 3  # leaves the shorter answer one token of its own

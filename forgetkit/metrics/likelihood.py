@@ -84,9 +84,15 @@ def shared_prompt_nll(
     return results
 
 
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    # A PEFT wrapper forwards its keyword arguments: what counts is the model it wraps.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes(type(inner), "logits_to_keep")
+
+
 @lru_cache(maxsize=None)
-def _accepts_logits_to_keep(model_class: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+def _forward_takes(model_class: type, name: str) -> bool:
+    return name in inspect.signature(model_class.forward).parameters
 
 
 def _score_pool(model, pad: int, pool: list[_Group], max_rows: int, results: list[list[float]], device) -> None:
@@ -100,7 +106,7 @@ def _score_pool(model, pad: int, pool: list[_Group], max_rows: int, results: lis
     positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
     # Only the logits that predict the opening and each answer's first own token are used.
     window = max(len(g.opening) for g in pool) + 1
-    keep = {"logits_to_keep": window} if _accepts_logits_to_keep(type(model)) else {}
+    keep = {"logits_to_keep": window} if _accepts_logits_to_keep(model) else {}
     out = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True, **keep)
     tail = out.logits[:, -window:].float()
     opening_nll = torch.zeros(len(pool), device=device)
