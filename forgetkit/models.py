@@ -101,7 +101,10 @@ def load_model(
     device: torch.device | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    runs_on: torch.device | None = None,
 ) -> LoadedModel:
+    """``runs_on``: the device the weights will compute on when they are loaded on another first (a
+    sharded base is loaded on the host and split onto the GPUs): ``dtype="auto"`` is decided for it."""
     device = device or default_device()
     # Only passed when asked: the default lets transformers pick the fastest kernel it supports.
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -109,7 +112,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, **extra
+            model_dir, dtype=resolve_dtype(dtype, runs_on or device), trust_remote_code=trust_remote_code, **extra
         )
     except (OSError, ValueError) as exc:
         raise ForgetkitError(f"{model_ref}: could not be loaded ({str(exc).strip().splitlines()[0]})") from None

@@ -39,3 +39,18 @@ def test_named_targets_and_errors(tiny_models):
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(ForgetkitError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_auto_dtype_is_chosen_for_the_device_the_weights_will_run_on(tiny_models, monkeypatch):
+    """A sharded base is loaded on the host for GPUs: "auto" must give the GPU's bf16, not the host's fp32."""
+    import torch
+
+    from forgetkit.models import load_model
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cpu = torch.device("cpu")
+    on_host = load_model(str(tiny_models["llama"]), device=cpu)
+    for_gpu = load_model(str(tiny_models["llama"]), device=cpu, runs_on=torch.device("cuda"))
+    assert next(on_host.model.parameters()).dtype == torch.float32
+    assert next(for_gpu.model.parameters()).dtype == torch.bfloat16
+    assert next(for_gpu.model.parameters()).device == cpu

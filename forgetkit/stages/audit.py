@@ -113,9 +113,10 @@ def _variants(loaded: LoadedModel, model_ref: str, adapter: str | None, params: 
     return [Variant("base", peft_model, peft_model.disable_adapter, fresh_base), unlearned]
 
 
-def _reference_variant(reference: str, loaded: LoadedModel, params: AuditParams, trust_remote_code: bool) -> Variant:
+def _reference_variant(reference: str, loaded: LoadedModel, params: AuditParams, trust_remote_code: bool,
+                       runs_on: torch.device) -> Variant:
     ref = load_model(reference, dtype=params.model_dtype, device=next(loaded.model.parameters()).device,
-                     trust_remote_code=trust_remote_code)
+                     runs_on=runs_on, trust_remote_code=trust_remote_code)
     if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
         raise ForgetkitError(f"{reference}: the reference model's tokenizer differs from the audited model's")
     return Variant("reference", ref.model, nullcontext,
@@ -181,7 +182,8 @@ def run_audit(
                              "they are not supported with a sharded (FSDP) base yet")
     # A sharded base is built on the host and split before it reaches the device.
     load_device = torch.device("cpu") if sharded else accelerator.device
-    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device, trust_remote_code=trust_remote_code)
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device,
+                        runs_on=accelerator.device, trust_remote_code=trust_remote_code)
     sources = {"forget": forget, "retain": retain, "holdout": holdout, "real_authors": real_authors,
                "world_facts": world_facts}
     sources = {role: path for role, path in sources.items() if path}
@@ -198,7 +200,7 @@ def run_audit(
 
     variants = _variants(loaded, model_ref, adapter, params, trust_remote_code)
     if reference:
-        variants.append(_reference_variant(reference, loaded, params, trust_remote_code))
+        variants.append(_reference_variant(reference, loaded, params, trust_remote_code, accelerator.device))
     if sharded:
         for model in {id(v.model): v.model for v in variants}.values():
             shard_base(model, ranks, accelerator.device)

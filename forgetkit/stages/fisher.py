@@ -120,7 +120,8 @@ def run_fisher(
     reset_peak_memory(accelerator.device)
     # A sharded base is built on the host and split before it reaches the device.
     load_device = torch.device("cpu") if sharded else accelerator.device
-    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device, trust_remote_code=trust_remote_code)
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device,
+                        runs_on=accelerator.device, trust_remote_code=trust_remote_code)
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else []
     targets = discover_targets(loaded.model, params.targets)

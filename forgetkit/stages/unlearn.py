@@ -74,7 +74,8 @@ def run_unlearn(
     # A sharded base is built on the host and split before it reaches the device: no process ever
     # holds the whole model in device memory.
     load_device = torch.device("cpu") if sharded else accelerator.device
-    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device, trust_remote_code=trust_remote_code)
+    loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device,
+                        runs_on=accelerator.device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
 
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=loss_fn.prepare_forget)
