@@ -122,7 +122,8 @@ def shard_base(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> di
     the whole model's.
 
     Each transformer block (the classes in FSDP_TRANSFORMER_CLS_TO_WRAP, else the model's own
-    ``_no_split_modules``) and then the rest of the base become FSDP units: a process keeps 1/N of
+    ``_no_split_modules``) and then the rest of the base become FSDP units (FSDP_RESHARD_AFTER_FORWARD
+    is honoured; the other FSDP settings of the config are not read): a process keeps 1/N of
     their weights and gathers a block's weights only while that block runs. The LoRA weights are
     left out (``ignored_params``): they are small, stay whole on every process, and their gradients
     are summed by the training loop as in the unsharded case, so the optimiser, checkpoints and
@@ -140,10 +141,12 @@ def shard_base(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> di
     block_classes = {name.strip() for name in names.split(",") if name.strip()}
     whole = sum(p.numel() * p.element_size() for p in model.parameters())
     mesh = init_device_mesh(device.type, (ranks.world,))
+    # fsdp_reshard_after_forward: false keeps each block's gathered weights from forward to backward.
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() != "false"
     blocks = [module for module in base.modules() if type(module).__name__ in block_classes]
     for block in blocks:
-        fully_shard(block, mesh=mesh, ignored_params=set(adapter_params))
-    fully_shard(base, mesh=mesh, ignored_params=set(adapter_params))
+        fully_shard(block, mesh=mesh, ignored_params=set(adapter_params), reshard_after_forward=reshard)
+    fully_shard(base, mesh=mesh, ignored_params=set(adapter_params), reshard_after_forward=reshard)
     held = sum(local_part(p).numel() * p.element_size() for p in model.parameters())
     return {"blocks": len(blocks), "held_bytes": held, "model_bytes": whole}
 

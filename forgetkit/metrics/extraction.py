@@ -50,8 +50,9 @@ def teacher_forced(
 
     ``detailed=False`` returns ``nll`` and ``hit`` only (no vocabulary-wide statistics), for
     callers that rank or compare likelihoods; ``zscores=False`` leaves out ``zscore`` alone (only
-    membership inference reads it, and it costs two more passes over the vocabulary). Examples are bucketed by length (sorted) so batches carry little padding; results come back in
-    the input order.
+    membership inference reads it, and it costs two more passes over the vocabulary). Examples
+    are bucketed by length (sorted) so batches carry little padding; results come back in the
+    input order.
     """
     device = next(model.parameters()).device
     results: list[dict[str, list[float]]] = [{} for _ in examples]

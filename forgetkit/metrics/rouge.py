@@ -14,7 +14,6 @@ from forgetkit.data import Example
 from forgetkit.metrics.generation import greedy_generate
 
 
-
 class _CachedPorterStemmer:
     """rouge-score's Porter stemmer with its answers remembered: an audit scores the same few
     thousand words again and again, and stemming was most of ROUGE's time."""

@@ -15,7 +15,7 @@ from forgetkit.errors import ForgetkitError
 from forgetkit.inits.base import FisherStats
 from forgetkit.inits.builtin import Fila, fila_factors, module_seed
 from forgetkit.merging import PEFT_PREFIX, weight_locations
-from forgetkit.models import describe_model, discover_targets, load_model, peak_memory_mib
+from forgetkit.models import default_device, describe_model, discover_targets, load_model, peak_memory_mib
 from forgetkit.plugins import load_init
 
 PROBE_TOKENS = 32
@@ -137,7 +137,7 @@ def _init_by_layer(model_ref: str, output: Path, params: InitParams, scheme, fis
     locations = weight_locations(model_dir)
     lora = lora_config(targets, params.rank, params.lora_alpha)
     scaling = params.lora_alpha / params.rank
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     forget_tokens, retain_tokens = int(fisher_meta.results["forget_tokens"]), int(fisher_meta.results["retain_tokens"])
     tensors: dict[str, torch.Tensor] = {}
     with safe_open(str(fisher), framework="pt") as stats:
