@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from forgetkit.errors import ForgetkitError
 
 T = TypeVar("T")
 
@@ -36,11 +35,10 @@ class Ranks:
 def make_accelerator(**kwargs) -> Accelerator:
     """An Accelerator that also sees a multi-process CPU launch (torchrun, or accelerate with MULTI_CPU):
     accelerate only sets up gloo when told the run is on CPU."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() in ("1", "true", "yes"):
-        # Training goes through forgetkit's own loop, not a DeepSpeed engine: rather than ignore the
-        # config (and load the whole model on every GPU), say what does the same job.
-        raise ForgetkitError("DeepSpeed configs are not supported; for a base split over the GPUs (as ZeRO-3 "
-                             "does) use an FSDP config such as recipes/accelerate/fsdp_8_gpus.yaml")
+    if env_flag("ACCELERATE_USE_DEEPSPEED"):
+        from forgetkit.zero import import_deepspeed
+
+        import_deepspeed()  # a one-line message, not accelerate's ImportError, when it is missing
     return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
 
 
@@ -111,9 +109,21 @@ def rank_generator(seed: int, ranks: Ranks, stream: int = 0) -> torch.Generator:
 
 
 def sharded_base_requested() -> bool:
-    """Whether the launch asked for FSDP: ``accelerate launch`` with a config whose distributed_type
-    is FSDP exports ACCELERATE_USE_FSDP=true to every process."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+    """Whether the launch asks for the base to be split over the processes: an FSDP config
+    (``accelerate launch`` exports ACCELERATE_USE_FSDP=true to every process), or a DeepSpeed config
+    with ZeRO stage 3. fisher and audit take no optimiser step, so under either they split the base
+    with FSDP2 (``shard_base``); unlearn under a DeepSpeed config trains in DeepSpeed's engine instead."""
+    if env_flag("ACCELERATE_USE_FSDP"):
+        return True
+    if not env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return False
+    from accelerate.utils import DeepSpeedPlugin
+
+    return int(DeepSpeedPlugin().deepspeed_config.get("zero_optimization", {}).get("stage", 0)) == 3
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
 def shard_base(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> dict[str, int]:
@@ -148,7 +158,7 @@ def shard_base(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> di
         fully_shard(block, mesh=mesh, ignored_params=set(adapter_params), reshard_after_forward=reshard)
     fully_shard(base, mesh=mesh, ignored_params=set(adapter_params), reshard_after_forward=reshard)
     held = sum(local_part(p).numel() * p.element_size() for p in model.parameters())
-    return {"blocks": len(blocks), "held_bytes": held, "model_bytes": whole}
+    return {"by": "fsdp2", "blocks": len(blocks), "held_bytes": held, "model_bytes": whole}
 
 
 def local_part(tensor: torch.Tensor) -> torch.Tensor:

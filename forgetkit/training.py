@@ -26,6 +26,7 @@ from forgetkit.data import Example, batches, collate, target_token_count
 from forgetkit.distributed import Ranks, all_reduce_sum, gather_objects, main_writes, owns, ranks_of, sum_numbers
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of
+from forgetkit.zero import ZeroEngine
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class TrainResult:
     stopped_early: str | None
     tokens: int
     seconds: float
+    sharded_base: dict | None = None  # the DeepSpeed engine's weight layout, when it trained
 
 
 StopCheck = Callable[[int], str | None]  # epoch -> reason to stop, or None
@@ -84,6 +86,7 @@ def train(
     stop_check: StopCheck | None = None,
     bf16_autocast: bool = False,
     equal_passes: bool = False,
+    deepspeed: bool = False,
 ) -> TrainResult:
     """Train the adapter; with several processes, each takes every N-th micro-batch of each global batch.
 
@@ -98,6 +101,10 @@ def train(
     processes) makes every process run the same number of passes per step: one with fewer
     micro-batches adds a pass over the step's first micro-batch with weight 0, and a diverged loss
     does not end a process's passes early (the divergence is raised after the step, everywhere).
+
+    ``deepspeed`` trains inside a DeepSpeed engine built from the launch's config (see
+    ``forgetkit.zero``): the same batches and weights, with DeepSpeed reducing the gradients,
+    clipping and stepping, and writing the checkpoints (every process its partition).
     """
     if config.micro_batch_size < 1 or config.batch_size < 1:
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
@@ -107,6 +114,8 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     device = accelerator.device
+    engine = ZeroEngine(model, optimizer, config.micro_batch_size, config.max_grad_norm, ranks) if deepspeed else None
+    forward_model = engine.forward_model if engine else model
 
     def autocast():
         # Explicit rather than accelerate's mixed_precision, which is fixed once per process: stages
@@ -116,7 +125,10 @@ def train(
     log: list[dict] = []
     start_epoch = 0
     if resume and checkpoint_dir is not None:
-        start_epoch, log = _restore(checkpoint_dir, model, optimizer, trainable)
+        if engine:
+            start_epoch, log = engine.restore(checkpoint_dir)
+        else:
+            start_epoch, log = _restore(checkpoint_dir, model, optimizer, trainable)
         if start_epoch and ranks.is_main:
             console.print(f"resumed from {checkpoint_dir} after epoch {start_epoch}")
 
@@ -125,7 +137,7 @@ def train(
 
     def reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad(), autocast(), reference_mode(model):
-            return logits_of(model, batch)
+            return logits_of(forward_model, batch)
 
     steps_per_epoch = math.ceil(len(forget) / config.batch_size)
     started = time.perf_counter()
@@ -146,11 +158,11 @@ def train(
                 mine: list[int | None] = [i for i in range(len(micros)) if owns(i, ranks)]
                 if equal_passes:
                     mine += [None] * (math.ceil(len(micros) / ranks.world) - len(mine))
-                for index in mine:
+                for position, index in enumerate(mine):
                     micro, retain_micro = (micros[0], retains[0]) if index is None else (micros[index], retains[index])
                     forget_batch = to_device(micro)
                     retain_batch = to_device(retain_micro) if retain_micro else None
-                    ctx = LossContext(model=model, forget=forget_batch, retain=retain_batch, reference=reference)
+                    ctx = LossContext(model=forward_model, forget=forget_batch, retain=retain_batch, reference=reference)
                     with autocast():
                         terms = loss_fn(ctx)
                     weight = 0.0 if index is None else len(micro) / len(batch_examples)
@@ -158,7 +170,10 @@ def train(
                         bad_loss = terms["loss"].item()
                         if not equal_passes:
                             break
-                    accelerator.backward(terms["loss"] * weight)
+                    if engine:
+                        engine.backward(terms["loss"] * weight, last_of_step=position == len(mine) - 1)
+                    else:
+                        accelerator.backward(terms["loss"] * weight)
                     if index is None or bad_loss is not None:
                         continue
                     for key, value in terms.items():
@@ -170,18 +185,24 @@ def train(
                         f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: loss is {bad_loss} "
                         "(lower --lr or raise --retain-weight); no adapter was written"
                     )
-                _sum_gradients(trainable, ranks)
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                if engine:
+                    grad_norm = engine.step()
+                else:
+                    _sum_gradients(trainable, ranks)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 if not torch.isfinite(torch.as_tensor(grad_norm)):
                     raise ForgetkitError(
                         f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: gradient norm is not finite "
                         "(lower --lr); no adapter was written"
                     )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if not engine:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 log.append({"epoch": epoch + 1, "step": len(log) + 1, "grad_norm": float(grad_norm), **terms_sum})
                 advance(loss=terms_sum["loss"])
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and engine:
+                engine.save_checkpoint(checkpoint_dir, epoch + 1, log)
+            elif checkpoint_dir is not None:
                 with main_writes(ranks) as writer:
                     if writer:
                         _save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, trainable, log)
@@ -191,7 +212,8 @@ def train(
     model.eval()
     epochs_run = (epoch + 1) if config.epochs > start_epoch else start_epoch
     (tokens,) = sum_numbers([tokens], ranks, device)
-    return TrainResult(log, epochs_run, len(log), stopped, int(tokens), time.perf_counter() - started)
+    return TrainResult(log, epochs_run, len(log), stopped, int(tokens), time.perf_counter() - started,
+                       sharded_base=engine.layout if engine else None)
 
 
 def _combine(terms_sum: dict[str, float], bad_loss: float | None, ranks: Ranks) -> tuple[dict[str, float], float | None]:

@@ -2,8 +2,9 @@
 # The stages on several processes: the same commands, launched by accelerate.
 # Usage: recipes/scale_out.sh CONFIG MODEL WORKDIR
 #   CONFIG: recipes/accelerate/single_gpu.yaml, multi_gpu.yaml (8 GPUs, a copy of the base on each),
-#           fsdp_8_gpus.yaml (8 GPUs, the base split between them), two_processes_cpu.yaml or
-#           fsdp_two_processes_cpu.yaml
+#           fsdp_8_gpus.yaml (8 GPUs, the base split between them), zero3_8_gpus.yaml (8 GPUs,
+#           unlearn in a DeepSpeed ZeRO-3 engine: pip install 'forgetkit[deepspeed]'),
+#           two_processes_cpu.yaml, fsdp_two_processes_cpu.yaml or zero3_two_processes_cpu.yaml
 #   WORKDIR holds forget.jsonl, retain.jsonl and holdout.jsonl; outputs are written beside them.
 set -euo pipefail
 CONFIG=$1

@@ -26,13 +26,15 @@ UNLEARN_ARGS = ("--epochs", "2", "--batch-size", "5", "--micro-batch-size", "2",
 UNLEARN_PARAMS = UnlearnParams(rank=4, train=TrainConfig(lr=1e-2, epochs=2, batch_size=5, micro_batch_size=2, seed=3))
 
 
-def accelerate_launch(*args, config_name: str = "two_processes_cpu.yaml"):
+def accelerate_launch(*args, config_name: str = "two_processes_cpu.yaml", wait=True):
     """Through accelerate, with one of the recipes' two-process configs."""
     config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / config_name
     command = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "-m", "forgetkit.cli", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     # A bounded wait: processes out of step in a collective would otherwise hang the test run.
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -56,13 +58,44 @@ def test_sharding_covers_every_item_once_and_rank_streams_differ():
     assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], again)
 
 
-def test_a_deepspeed_config_is_refused_before_any_work(tiny_models, data_dir, tmp_path, monkeypatch):
+def test_a_deepspeed_launch_without_deepspeed_installed_fails_in_one_line(tiny_models, data_dir, tmp_path, monkeypatch):
     from forgetkit.errors import ForgetkitError
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ForgetkitError, match="DeepSpeed configs are not supported.*fsdp_8_gpus.yaml"):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # what an environment without it imports
+    with pytest.raises(ForgetkitError, match=r"deepspeed is not installed: pip install 'forgetkit\[deepspeed\]'"):
         run_fisher(str(tiny_models["llama"]), str(data_dir / "forget.jsonl"), None, tmp_path / "f.safetensors", FisherParams())
     assert not (tmp_path / "f.safetensors").exists()
+
+def test_a_deepspeed_config_file_is_read_and_its_auto_values_filled(tmp_path, monkeypatch):
+    from forgetkit.distributed import sharded_base_requested
+    from forgetkit.errors import ForgetkitError
+    from forgetkit.zero import engine_config
+
+    config = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                                    "stage3_param_persistence_threshold": "auto", "offload_param": {"device": "cpu"}},
+              "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    assert sharded_base_requested()  # ZeRO-3: fisher and audit split the base
+    filled = engine_config(micro_batch_size=2, max_grad_norm=0.5, world=4, hidden_size=64)
+    assert (filled["train_micro_batch_size_per_gpu"], filled["gradient_accumulation_steps"], filled["train_batch_size"]) == (2, 1, 8)
+    assert filled["gradient_clipping"] == 0.5 and filled["bf16"]["enabled"] is False
+    zero = filled["zero_optimization"]
+    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"], zero["stage3_param_persistence_threshold"]) == (4096, 3686, 640)
+    assert zero["offload_param"]["device"] == "cpu"  # the config's own choices stay
+
+    path.write_text(json.dumps({**config, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}))
+    with pytest.raises(ForgetkitError, match=f"{path}: remove its 'optimizer' section"):
+        engine_config(2, 0.5, 4, 64)
+    path.write_text(json.dumps({**config, "zero_optimization": {**config["zero_optimization"], "sub_group_size": "auto"}}))
+    with pytest.raises(ForgetkitError, match="set them: zero_optimization.sub_group_size"):
+        engine_config(2, 0.5, 4, 64)
+    path.write_text(json.dumps({**config, "zero_optimization": {"stage": 2}}))
+    assert not sharded_base_requested()  # ZeRO-2 splits optimiser state and gradients, not weights
 
 
 def test_fisher_on_two_processes_matches_one(tiny_models, data_dir, tmp_path):
@@ -82,12 +115,14 @@ def test_fisher_on_two_processes_matches_one(tiny_models, data_dir, tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def test_fisher_with_a_sharded_base_matches_one_process(tiny_models, data_dir, tmp_path):
-    """FSDP: each process holds half of every weight and squares its half of each batch's gradient."""
+@pytest.mark.parametrize("config_name", ["fsdp_two_processes_cpu.yaml", "zero3_two_processes_cpu.yaml"])
+def test_fisher_with_a_sharded_base_matches_one_process(tiny_models, data_dir, tmp_path, config_name):
+    """FSDP, or a DeepSpeed ZeRO-3 config (fisher takes no optimiser step, so it splits the base the
+    FSDP way): each process holds half of every weight and squares its half of each batch's gradient."""
     model, forget, retain = tiny_models["gpt2"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
     run_fisher(str(model), str(forget), str(retain), tmp_path / "one.safetensors", FisherParams(dtype="float32", batch_size=3))
     accelerate_launch("fisher", model, forget, "--retain", retain, "-o", tmp_path / "two.safetensors", "--dtype", "float32",
-                      "--batch-size", "3", config_name="fsdp_two_processes_cpu.yaml")
+                      "--batch-size", "3", config_name=config_name)
     one, two = load_tensor_artifact(tmp_path / "one.safetensors"), load_tensor_artifact(tmp_path / "two.safetensors")
     assert set(one) == set(two)
     for name in one:
@@ -132,6 +167,26 @@ def test_unlearn_with_a_sharded_base_follows_one_process(tiny_models, data_dir, 
     assert read_metadata(tmp_path / "one").results["sharded_base"] is None
 
 
+def test_unlearn_in_a_deepspeed_zero3_engine_follows_one_process(tiny_models, data_dir, tmp_path):
+    """DeepSpeed ZeRO-3 through accelerate's config: the engine partitions base, adapter and optimiser
+    state over the processes, reduces and clips the gradients and steps; the loss curve and adapter
+    are the one-process ones (FILA's residual base and the conversion of the result included)."""
+    from forgetkit.stages.init import InitParams, run_init
+
+    model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    run_fisher(str(model), str(forget), str(retain), tmp_path / "fisher.safetensors", FisherParams(batch_size=4))
+    run_init(str(model), tmp_path / "init", InitParams(rank=4), fisher=str(tmp_path / "fisher.safetensors"))
+    run_unlearn(str(model), str(forget), tmp_path / "one", UNLEARN_PARAMS, retain=str(retain), init=str(tmp_path / "init"))
+    common = ("unlearn", model, forget, "--retain", retain, "--init", tmp_path / "init", *UNLEARN_ARGS)
+    accelerate_launch(*common, "-o", tmp_path / "two", config_name="zero3_two_processes_cpu.yaml")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    results = read_metadata(tmp_path / "two").results
+    layout = results["sharded_base"]
+    assert results["processes"] == 2 and results["converted_from_residual_base"]
+    assert layout["by"] == "deepspeed-zero3"
+    assert 0.45 * layout["model_bytes"] < layout["held_bytes"] < 0.55 * layout["model_bytes"], layout
+
+
 def assert_same_training(one: Path, two: Path, same_tokens: bool = True) -> None:
     curve_one = json.loads((one / "training_log.json").read_text())
     curve_two = json.loads((two / "training_log.json").read_text())
@@ -146,13 +201,19 @@ def assert_same_training(one: Path, two: Path, same_tokens: bool = True) -> None
         assert read_metadata(one).results["train_tokens"] == read_metadata(two).results["train_tokens"]
 
 
-def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, data_dir, tmp_path):
+@pytest.mark.parametrize("launch", ["torchrun", "deepspeed-zero3"])
+def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, data_dir, tmp_path, launch):
     model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
     params = UnlearnParams(rank=4, train=TrainConfig(lr=5e-3, epochs=12, batch_size=5, micro_batch_size=1, seed=1))
     run_unlearn(str(model), str(forget), tmp_path / "whole", params, retain=str(retain))
     args = ("unlearn", model, forget, "--retain", retain, "--epochs", "12", "--batch-size", "5", "--micro-batch-size", "1",
             "--lr", "5e-3", "--rank", "4", "--seed", "1", "-o", tmp_path / "resumed")
-    job = torchrun(*args, wait=False)
+    if launch == "torchrun":
+        start = torchrun
+    else:  # DeepSpeed writes its own checkpoints: every process its partition of adapter and optimiser
+        def start(*args, wait=True):
+            return accelerate_launch(*args, config_name="zero3_two_processes_cpu.yaml", wait=wait)
+    job = start(*args, wait=False)
     checkpoints = tmp_path / "resumed.checkpoints"
     deadline = time.time() + 240
     while not (checkpoints / "epoch-0002" / "state.json").is_file():
@@ -163,8 +224,8 @@ def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, d
     assert not (tmp_path / "resumed").exists()
     done = sorted(p.name for p in checkpoints.glob("epoch-*"))
     assert 2 <= len(done) < 12
-    result = torchrun(*args, "--resume")
-    assert f"after epoch {len(done)}" in result.stderr.replace("\n", " ")
+    result = start(*args, "--resume")
+    assert f"after epoch {len(done)}" in (result.stdout + result.stderr).replace("\n", " ")
     assert_same_training(tmp_path / "whole", tmp_path / "resumed", same_tokens=False)
 
 
@@ -221,7 +282,9 @@ def test_audit_with_a_sharded_base_gives_the_same_numbers(tiny_models, data_dir,
     accelerate_launch(*common, "--attacks", "paraphrase,sampling", "-o", tmp_path / "two.json",
                       config_name="fsdp_two_processes_cpu.yaml")
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
-    assert two["processes"] == 2 and two["sharded_base"] and not one["sharded_base"]
+    assert two["processes"] == 2 and two["sharded_base"]["by"] == "fsdp2" and not one["sharded_base"]
+    layout = two["sharded_base"]
+    assert layout["held_bytes"] < 0.6 * layout["model_bytes"], layout
     assert set(two["results"]) == {"base", "unlearned"}
     assert_same_numbers(one["results"], two["results"])
 

@@ -179,7 +179,7 @@ def run_audit(
     sharded = sharded_base_requested() and ranks.world > 1
     if sharded and {"quantize", "relearn"} & set(attack_names):
         raise ForgetkitError("the quantize and relearn attacks load a whole copy of the model; "
-                             "they are not supported with a sharded (FSDP) base yet")
+                             "they are not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet")
     # A sharded base is built on the host and split before it reaches the device.
     load_device = torch.device("cpu") if sharded else accelerator.device
     loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device,
@@ -201,9 +201,8 @@ def run_audit(
     variants = _variants(loaded, model_ref, adapter, params, trust_remote_code)
     if reference:
         variants.append(_reference_variant(reference, loaded, params, trust_remote_code, accelerator.device))
-    if sharded:
-        for model in {id(v.model): v.model for v in variants}.values():
-            shard_base(model, ranks, accelerator.device)
+    layouts = [shard_base(model, ranks, accelerator.device)
+               for model in {id(v.model): v.model for v in variants}.values()] if sharded else []
     # With a sharded base every process evaluates every record: each forward pass gathers weights
     # from all processes, so all must run the same passes (record-sharded batches would not).
     options = EvalOptions(suites, params.max_new_tokens, params.batch_size, params.generation_batch_size,
@@ -237,7 +236,7 @@ def run_audit(
         "attacks": list(params.attacks),
         "parameters": dataclasses.asdict(params),
         "processes": ranks.world,
-        "sharded_base": sharded,
+        "sharded_base": layouts[0] if layouts else None,  # the model's split, and one process's share of it
         "redacted": not params.include_examples,
         "results": results,
     }

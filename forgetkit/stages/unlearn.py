@@ -20,6 +20,7 @@ from forgetkit.models import discover_targets, load_model
 from forgetkit.plugins import load_loss
 from forgetkit.stages.common import load_examples, table
 from forgetkit.training import TrainConfig, train
+from forgetkit.zero import deepspeed_requested, gathered
 
 TRAINING_LOG = "training_log.json"
 
@@ -68,12 +69,15 @@ def run_unlearn(
     registry.ensure_ready()
     accelerator = make_accelerator()
     ranks = ranks_of(accelerator)
-    sharded = sharded_base_requested() and ranks.world > 1
-    if sharded and params.until_forgotten:
-        raise ForgetkitError("--until-forgotten is not supported with a sharded (FSDP) base yet; run it without FSDP")
-    # A sharded base is built on the host and split before it reaches the device: no process ever
+    # FSDP splits the base here; DeepSpeed's engine partitions it (ZeRO-3) when training starts.
+    in_deepspeed = deepspeed_requested()
+    sharded = sharded_base_requested() and ranks.world > 1 and not in_deepspeed
+    if (sharded or in_deepspeed) and params.until_forgotten:
+        raise ForgetkitError("--until-forgotten is not supported with an FSDP or DeepSpeed launch yet; "
+                             "run it with a data-parallel config")
+    # A split base is built on the host and split before it reaches the device: no process ever
     # holds the whole model in device memory.
-    load_device = torch.device("cpu") if sharded else accelerator.device
+    load_device = torch.device("cpu") if sharded or in_deepspeed else accelerator.device
     loaded = load_model(model_ref, dtype=params.model_dtype, device=load_device,
                         runs_on=accelerator.device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
@@ -129,8 +133,11 @@ def run_unlearn(
         checkpoint_dir=checkpoints,
         resume=resume,
         stop_check=stop_check,
-        equal_passes=sharded,
+        # Every forward pass of a split base gathers weights across processes: all take the same number.
+        equal_passes=sharded or in_deepspeed,
+        deepspeed=in_deepspeed,
     )
+    sharding = sharding or result.sharded_base
     model = accelerator.unwrap_model(model)
     final = result.log[-1] if result.log else {}
     metadata = Metadata(
@@ -156,7 +163,8 @@ def run_unlearn(
             "sharded_base": sharding,  # blocks, and the weight bytes one process held against the whole model's
         },
     )
-    with main_writes(ranks) as writer:
+    adapter_weights = [p for name, p in model.named_parameters() if "lora_" in name]
+    with gathered(adapter_weights), main_writes(ranks) as writer:  # ZeRO-3 partitions the adapter too
         if writer:
             with atomic_folder(output) as staging:
                 save_adapter(model, staging, Path(init) if init else None, mutates_base)
