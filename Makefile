@@ -25,6 +25,7 @@ bench: $(BIN)/forgetkit
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/audit_speed.py
 	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/launchers.py
 	$(BIN)/python bench/llmeraser_speed.py
 
 tofu: $(BIN)/forgetkit

@@ -253,6 +253,8 @@ def _restore(root: Path, model, optimizer, trainable) -> tuple[int, list[dict]]:
     if not finished:
         return 0, []
     latest = finished[-1]
+    if not (latest / "adapter.safetensors").is_file():
+        raise ForgetkitError(f"{latest}: made by a DeepSpeed launch; resume it under the launch that made it")
     weights = load_file(str(latest / "adapter.safetensors"))
     if len(weights) != len(trainable):
         raise ForgetkitError(f"{latest}: checkpoint does not match this adapter (different targets or rank)")

@@ -134,7 +134,7 @@ class ZeroEngine:
         barrier(self.ranks)
         if self.ranks.is_main:
             with atomic_file(root / tag / CHECKPOINT_STATE) as staging:
-                staging.write_text(json.dumps({"epoch": epoch, "log": log}))
+                staging.write_text(json.dumps({"epoch": epoch, "log": log, "processes": self.world}))
         barrier(self.ranks)
 
     def restore(self, root: Path) -> tuple[int, list[dict]]:
@@ -142,11 +142,17 @@ class ZeroEngine:
         if not finished:
             return 0, []
         latest = finished[-1]
+        state = json.loads((latest / CHECKPOINT_STATE).read_text())
+        if "processes" not in state:
+            raise ForgetkitError(f"{latest}: made without DeepSpeed; resume it under the launch that made it")
+        if state["processes"] != self.world:
+            # Each process wrote its own partition: another process count would read the wrong slices.
+            raise ForgetkitError(f"{latest}: written by {state['processes']} processes; resume it with "
+                                 f"as many (this launch has {self.world})")
         loaded, _ = self.engine.load_checkpoint(str(root), tag=latest.name, load_module_strict=False,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
             raise ForgetkitError(f"{latest}: not a DeepSpeed checkpoint of this run (made with another launch config?)")
-        state = json.loads((latest / CHECKPOINT_STATE).read_text())
         return int(state["epoch"]), list(state["log"])
 
 

@@ -224,6 +224,11 @@ def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, d
     assert not (tmp_path / "resumed").exists()
     done = sorted(p.name for p in checkpoints.glob("epoch-*"))
     assert 2 <= len(done) < 12
+    if launch != "torchrun":  # each process's DeepSpeed partition is no checkpoint for a plain run
+        from forgetkit.errors import ForgetkitError
+
+        with pytest.raises(ForgetkitError, match="made by a DeepSpeed launch; resume it under the launch that made it"):
+            run_unlearn(str(model), str(forget), tmp_path / "resumed", params, retain=str(retain), resume=True)
     result = start(*args, "--resume")
     assert f"after epoch {len(done)}" in (result.stdout + result.stderr).replace("\n", " ")
     assert_same_training(tmp_path / "whole", tmp_path / "resumed", same_tokens=False)

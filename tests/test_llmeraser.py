@@ -212,7 +212,9 @@ def against_retraining(request, memorised, tmp_path_factory):
     case = build_case(kind, 96, 4, "twins")
     paths = {name: write_jsonl(folder / f"{name}.jsonl", getattr(case, name))
              for name in ("train", "clean", "edit", "watched", "kept")}
-    fit = LoraFit(rank=4, steps=100, lr=1e-2, weight_decay=0.3)
+    # 60 steps: the edited records move further toward retraining than after 100 (0.85 and 1.05 of the
+    # way for remove and correct, against 0.69 and 0.80) in 60% of the time.
+    fit = LoraFit(rank=4, steps=60, lr=1e-2, weight_decay=0.3)
     fit_lora(base, paths["train"], folder / "original", fit)
     fit_lora(base, paths["clean"], folder / "retrained", fit)
     return {"kind": kind, "folder": folder, "base": base, "paths": paths, "fit": fit}
