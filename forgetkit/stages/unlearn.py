@@ -13,7 +13,7 @@ from forgetkit import registry
 from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
-from forgetkit.distributed import main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
+from forgetkit.distributed import gather_objects, main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, load_model
@@ -72,9 +72,6 @@ def run_unlearn(
     # FSDP splits the base here; DeepSpeed's engine partitions it (ZeRO-3) when training starts.
     in_deepspeed = deepspeed_requested()
     sharded = sharded_base_requested() and ranks.world > 1 and not in_deepspeed
-    if (sharded or in_deepspeed) and params.until_forgotten:
-        raise ForgetkitError("--until-forgotten is not supported with an FSDP or DeepSpeed launch yet; "
-                             "run it with a data-parallel config")
     # A split base is built on the host and split before it reaches the device: no process ever
     # holds the whole model in device memory.
     load_device = torch.device("cpu") if sharded or in_deepspeed else accelerator.device
@@ -114,8 +111,11 @@ def run_unlearn(
     def stop_check(epoch: int) -> str | None:
         if not params.until_forgotten:
             return None
-        status = forgetting_status(model, tokenizer, original_forget, holdout_examples)
-        console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in status.items()))
+        # Every process measures the whole status (with a split base all must run the same passes);
+        # rank 0's decides, so no process can stop an epoch before the others.
+        status = gather_objects(forgetting_status(model, tokenizer, original_forget, holdout_examples), ranks)[0]
+        if ranks.is_main:
+            console.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in status.items()))
         # "<=": a never-seen set often has EL10 exactly 0, and matching it is the goal.
         if status["forget_el10"] <= status["holdout_el10"] and status["forget_em"] <= status["holdout_em"]:
             return f"forgotten after epoch {epoch}: forget EL10 and EM at or below the held-out set's"
