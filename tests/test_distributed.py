@@ -17,6 +17,7 @@ from forgetkit.artifacts import load_tensor_artifact, read_metadata
 from forgetkit.audit.attacks import AttackParams
 from forgetkit.data import load_records
 from forgetkit.distributed import Ranks, rank_generator, shard
+from forgetkit.errors import ForgetkitError
 from forgetkit.stages.audit import AuditParams, run_audit
 from forgetkit.stages.fisher import FisherParams, run_fisher
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
@@ -60,8 +61,6 @@ def test_sharding_covers_every_item_once_and_rank_streams_differ():
 
 
 def test_a_deepspeed_launch_without_deepspeed_installed_fails_in_one_line(tiny_models, data_dir, tmp_path, monkeypatch):
-    from forgetkit.errors import ForgetkitError
-
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # what an environment without it imports
     with pytest.raises(ForgetkitError, match=r"deepspeed is not installed: pip install 'forgetkit\[deepspeed\]'"):
@@ -97,6 +96,24 @@ def test_a_deepspeed_config_file_is_read_and_its_auto_values_filled(tmp_path, mo
         engine_config(2, 0.5, 4, 64)
     path.write_text(json.dumps({**config, "zero_optimization": {"stage": 2}}))
     assert not sharded_base_requested()  # ZeRO-2 splits optimiser state and gradients, not weights
+
+
+def test_deepspeed_checkpoints_are_resumed_only_by_the_launch_that_wrote_them(tmp_path):
+    """Each process wrote its own partition: another process count, or a checkpoint of a launch without
+    DeepSpeed, is refused before DeepSpeed reads anything."""
+    from forgetkit.zero import CHECKPOINT_STATE, ZeroEngine
+
+    engine = ZeroEngine.__new__(ZeroEngine)  # the guard runs before the engine is touched
+    engine.world, engine.ranks = 2, Ranks(0, 2)
+    (tmp_path / "epoch-0001").mkdir()
+    (tmp_path / "epoch-0001" / CHECKPOINT_STATE).write_text(json.dumps({"epoch": 1, "log": [], "processes": 4}))
+    with pytest.raises(ForgetkitError, match="epoch-0001: written by 4 processes; resume it with as many"):
+        engine.restore(tmp_path)
+    (tmp_path / "epoch-0002").mkdir()
+    (tmp_path / "epoch-0002" / CHECKPOINT_STATE).write_text(json.dumps({"epoch": 2, "log": []}))
+    with pytest.raises(ForgetkitError, match="epoch-0002: made without DeepSpeed"):
+        engine.restore(tmp_path)
+    assert ZeroEngine.restore(engine, tmp_path / "none") == (0, [])
 
 
 def test_fisher_on_two_processes_matches_one(tiny_models, data_dir, tmp_path):
@@ -238,8 +255,8 @@ def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, d
     if launch == "torchrun":
         start = torchrun
     else:  # DeepSpeed writes its own checkpoints: every process its partition of adapter and optimiser
-        def start(*args, wait=True):
-            return accelerate_launch(*args, config_name="zero3_two_processes_cpu.yaml", wait=wait)
+        def start(*command_args, wait=True):
+            return accelerate_launch(*command_args, config_name="zero3_two_processes_cpu.yaml", wait=wait)
     job = start(*args, wait=False)
     checkpoints = tmp_path / "resumed.checkpoints"
     deadline = time.time() + 240
@@ -252,8 +269,6 @@ def test_a_killed_two_process_unlearn_resumes_to_the_same_adapter(tiny_models, d
     done = sorted(p.name for p in checkpoints.glob("epoch-*"))
     assert 2 <= len(done) < 12
     if launch != "torchrun":  # each process's DeepSpeed partition is no checkpoint for a plain run
-        from forgetkit.errors import ForgetkitError
-
         with pytest.raises(ForgetkitError, match="made by a DeepSpeed launch; resume it under the launch that made it"):
             run_unlearn(str(model), str(forget), tmp_path / "resumed", params, retain=str(retain), resume=True)
     result = start(*args, "--resume")
