@@ -108,8 +108,15 @@ MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.safetensors.i
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """sha256 over the model's config and weight files (names and contents), shortened to 16 hex digits.
 
-    Tokenizer files are left out on purpose: they do not change what the weights compute.
+    Tokenizer files are left out on purpose: they do not change what the weights compute. A folder
+    that forgetkit converted from a GGUF file takes that file's fingerprint, so the file, its
+    shortcut and the folder are one base model.
     """
+    from forgetkit.gguf.convert import gguf_fingerprint, gguf_source
+
+    source = gguf_source(Path(model_dir))
+    if source is not None:
+        return gguf_fingerprint(source["sha256"])
     return folder_sha256(Path(model_dir), MODEL_FILE_PATTERNS)[:16]
 
 
@@ -194,6 +201,16 @@ def read_metadata(path: str | os.PathLike) -> Metadata:
         if not meta_file.is_file():
             raise ForgetkitError(f"{path}: not a forgetkit artifact (no {METADATA_FILE})")
         return Metadata.from_json(meta_file.read_text(), str(meta_file))
+    if path.suffix.lower() == ".gguf":
+        from forgetkit.gguf.export import read_gguf_metadata
+
+        try:
+            raw = read_gguf_metadata(path)
+        except Exception:  # gguf's reader raises several types on foreign or cut files
+            raise ForgetkitError(f"{path}: not a readable GGUF file") from None
+        if raw is None:
+            raise ForgetkitError(f"{path}: GGUF file without forgetkit metadata")
+        return Metadata.from_json(json.dumps(raw), str(path))
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}

@@ -23,6 +23,8 @@ app = typer.Typer(
 TRUST = typer.Option(False, "--trust-remote-code", help="Allow model repositories to run their own code.")
 DTYPE = typer.Option("auto", "--model-dtype", help="Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16.")
 TRUNCATE = typer.Option(False, "--truncate", help="Cut sequences longer than the model's context instead of failing.")
+MODEL_HELP = "Base model: Hub id, local folder, .gguf file or a packaged shortcut (forgetkit models)."
+CHECKPOINTING = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass: less memory, more time.")
 REGISTRY = typer.Option(None, "--registry", help="Registry file (default: $FORGETKIT_REGISTRY, else in the cache).")
 
 
@@ -66,7 +68,7 @@ def main(
 @app.command()
 @user_errors
 def fisher(
-    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     forget: str = typer.Argument(..., help="Forget set: .jsonl/.json/.csv or hf:ID[:CONFIG[:SPLIT]]."),
     retain: Optional[str] = typer.Option(None, "--retain", help="Retain set, same formats (recommended for FILA)."),
     output: Path = typer.Option(Path("fisher.safetensors"), "-o", "--output"),
@@ -75,6 +77,7 @@ def fisher(
     estimator: str = typer.Option("batch", "--estimator", help="batch (LoKU's reference) or example (per-example)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Storage dtype: bfloat16, float16 or float32."),
     accumulate_on: str = typer.Option("device", "--accumulate-on", help="Fisher accumulators on the device or the cpu."),
+    gradient_checkpointing: bool = CHECKPOINTING,
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
@@ -83,14 +86,15 @@ def fisher(
     """Diagonal Fisher of the NLL on the forget and retain sets, for every target weight."""
     from forgetkit.stages.fisher import FisherParams, run_fisher
 
-    params = FisherParams(targets, batch_size, estimator, dtype, accumulate_on, model_dtype, truncate)
+    params = FisherParams(targets, batch_size, estimator, dtype, accumulate_on, model_dtype, truncate,
+                          gradient_checkpointing=gradient_checkpointing)
     run_fisher(model, forget, retain, output, params, trust_remote_code=trust_remote_code)
 
 
 @app.command()
 @user_errors
 def init(
-    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     fisher: Optional[str] = typer.Option(None, "--fisher", help="Fisher artifact (needed by fila)."),
     scheme: str = typer.Option("fila", "--scheme", help="Init scheme: fila, lora, pissa or a plugin."),
     rank: int = typer.Option(8, "--rank"),
@@ -116,7 +120,7 @@ def init(
 @app.command()
 @user_errors
 def unlearn(
-    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     forget: Optional[str] = typer.Argument(None, help="Forget set (not used by --method llmeraser)."),
     retain: Optional[str] = typer.Option(None, "--retain", help="Retain set."),
     init: Optional[str] = typer.Option(None, "--init", help="Init artifact from 'forgetkit init' (default: plain LoRA)."),
@@ -148,6 +152,7 @@ def unlearn(
     tol: float = typer.Option(1e-4, "--tol", help="llmeraser: relative residual to stop at."),
     max_iter: int = typer.Option(100, "--max-iter", help="llmeraser: solver iterations at most."),
     hessian_samples: Optional[int] = typer.Option(None, "--hessian-samples", help="llmeraser: estimate the curvature on the edited records plus N others of D (default: all of D)."),
+    gradient_checkpointing: bool = CHECKPOINTING,
     model_dtype: str = DTYPE,
     truncate: bool = TRUNCATE,
     trust_remote_code: bool = TRUST,
@@ -185,6 +190,7 @@ def unlearn(
         until_forgotten=until_forgotten,
         model_dtype=model_dtype,
         truncate=truncate,
+        gradient_checkpointing=gradient_checkpointing,
     )
     run_unlearn(
         model, forget, output, params, retain=retain, init=init, holdout=holdout, resume=resume,
@@ -195,26 +201,27 @@ def unlearn(
 @app.command()
 @user_errors
 def merge(
-    model: str = typer.Argument(..., help="Base model: Hub id or local folder."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     adapter: str = typer.Argument(..., help="Adapter folder from 'forgetkit unlearn'."),
     output: Path = typer.Option(Path("merged"), "-o", "--output"),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size"),
     by_shard: bool = typer.Option(False, "--by-shard", help="Fold one base shard at a time (memory of a shard, not the model)."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="Write one GGUF file (f32, f16, q8_0, q4_0) for llama.cpp/Ollama."),
     model_dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
     registry: Optional[Path] = REGISTRY,
 ) -> None:
-    """Fold the adapter into the base weights (sharded safetensors, config, tokenizer)."""
+    """Fold the adapter into the base weights (sharded safetensors, config, tokenizer; or one GGUF file)."""
     from forgetkit.stages.merge import MergeParams, run_merge
 
-    run_merge(model, adapter, output, MergeParams(max_shard_size, model_dtype, by_shard=by_shard),
+    run_merge(model, adapter, output, MergeParams(max_shard_size, model_dtype, by_shard=by_shard, gguf=gguf),
               trust_remote_code=trust_remote_code)
 
 
 @app.command()
 @user_errors
 def audit(
-    model: str = typer.Argument(..., help="Model: Hub id or local folder."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     forget: str = typer.Option(..., "--forget", help="Forget set."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter to audit (the base is reported beside it)."),
     retain: Optional[str] = typer.Option(None, "--retain"),
@@ -267,6 +274,18 @@ def plugins() -> None:
 
     rows = [(p.kind, p.name, p.provider, p.target) for p in installed()]
     Console(width=200).print(table("Installed plugins", ["kind", "name", "provider", "object"], rows))
+
+
+@app.command()
+@user_errors
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Packaged pretrained models (GGUF shortcuts) and the cached conversions of GGUF files."""
+    from forgetkit.stages.models import list_models
+
+    list_models(as_json=as_json)
 
 
 @app.command()

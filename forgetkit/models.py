@@ -13,6 +13,8 @@ from transformers.pytorch_utils import Conv1D
 
 from forgetkit.artifacts import BaseModelInfo, model_fingerprint
 from forgetkit.errors import ForgetkitError
+from forgetkit.gguf.convert import converted_folder
+from forgetkit.gguf.sources import is_gguf_reference
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,9 +57,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_model_dir(model_ref: str) -> Path:
-    """A local folder as is; a Hub id through the Hub cache (downloading only what loading needs)."""
+    """A local folder as is; a ``.gguf`` file or packaged-model shortcut through its cached conversion;
+    a Hub id through the Hub cache (downloading only what loading needs)."""
     if os.path.isdir(model_ref):
         return Path(model_ref)
+    if is_gguf_reference(model_ref):
+        return converted_folder(model_ref)[0]
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -166,3 +171,43 @@ def discover_targets(model: PreTrainedModel, spec: str = "all") -> list[str]:
 def weight_as_out_in(module: nn.Module) -> torch.Tensor:
     """The module's weight as an (out_features, in_features) view; Conv1D stores it transposed."""
     return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Recompute each transformer block's activations in the backward pass instead of keeping them.
+
+    With LoRA (or any frozen base) the inputs of the first block must require grad: the embedding
+    output of a frozen base does not, and a reentrant checkpoint whose inputs need no gradient gives
+    its block's adapter weights no gradient at all, so nothing trains (a bug other unlearning tools
+    shipped). The non-reentrant variant does not need it, and the input hook is set all the same.
+
+    Blocks checkpoint only in training mode; stages that want the function of the eval-mode model
+    (fisher: no dropout) call ``checkpoint_in_eval`` after ``model.eval()``. Returns the number of
+    checkpointed blocks.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ForgetkitError(f"--gradient-checkpointing: {type(base).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2 name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.enable_input_require_grads()
+    base.config.use_cache = False
+    return sum(1 for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing)
+
+
+def checkpoint_in_eval(model: nn.Module) -> None:
+    """Let checkpointed blocks recompute while the rest of the model (dropout, attention dropout)
+    stays in eval mode: the blocks' own flag is what transformers reads."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+            module.training = True

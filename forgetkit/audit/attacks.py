@@ -2,9 +2,12 @@
 numbers without the attack, on the forget set:
 
 - paraphrase: the forget questions rephrased (``paraphrased_question`` or a fixed template);
-- quantize: every linear weight rounded to int8 and to 4-bit, symmetric per output channel
-  (round-to-nearest, as weight-only PTQ does): small unlearning updates can round away
-  (Zhang et al. 2024, "Catastrophic failure of LLM unlearning via quantization");
+- quantize: every linear weight but the output head rounded to int8 and to 4-bit, symmetric per
+  output channel (round-to-nearest, as weight-only PTQ does): small unlearning updates can round
+  away (Zhang et al. 2024, "Catastrophic failure of LLM unlearning via quantization");
+- gguf-q8_0, gguf-q4_0: the model exactly as a llama.cpp user would get it: written as a GGUF file
+  of that format by the ``gguf`` package's quantisers and read back through transformers' GGUF
+  loader (reported beside int8/int4 under ``quantize``);
 - relearn: a few LoRA fine-tuning steps on part of the forget set, then the rest is measured
   (Hu et al. 2024); with a held-out set, the same attack on it is the control: how much a model
   learns about people it never saw from as many records and steps;
@@ -37,7 +40,8 @@ from forgetkit.metrics.generation import sample_generate
 from forgetkit.metrics.rouge import greedy_answers, rouge_l_recall
 from forgetkit.models import LoadedModel, discover_targets, is_adaptable
 
-ATTACKS = ("paraphrase", "quantize", "relearn", "sampling")
+GGUF_ATTACKS = {"gguf-q8_0": "q8_0", "gguf-q4_0": "q4_0"}
+ATTACKS = ("paraphrase", "quantize", *GGUF_ATTACKS, "relearn", "sampling")
 PARAPHRASE_TEMPLATES = (
     "Could you tell me this: {question}",
     "I was wondering. {question} Please answer briefly.",
@@ -132,20 +136,46 @@ def fake_quantise(model: torch.nn.Module, bits: int) -> int:
     return count
 
 
+def through_gguf(model: torch.nn.Module, loaded: LoadedModel, fmt: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` written as a GGUF file of format ``fmt`` in a temporary folder and read back through
+    transformers' GGUF loader, on the device it came from."""
+    import tempfile
+    from pathlib import Path
+
+    from forgetkit.gguf.convert import source_gguf_file
+    from forgetkit.gguf.export import load_gguf_model, prepare_gguf
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    prepared = prepare_gguf(model.to(torch.float32).cpu(), loaded.tokenizer, fmt,
+                            source_gguf=source_gguf_file(loaded.local_dir))
+    del model
+    with tempfile.TemporaryDirectory(prefix="forgetkit-gguf-") as folder:
+        summary = prepared.write(Path(folder) / f"attack-{fmt}.gguf")
+        reloaded = load_gguf_model(Path(summary.path)).to(device=device, dtype=dtype)
+    return reloaded, {"tensor_types": summary.types, "bytes": summary.bytes}
+
+
 def quantize_attack(model, materialise: Materialise, loaded: LoadedModel, sets: dict[str, EvalSet],
-                    options: EvalOptions, params: AttackParams) -> dict[str, Any]:
+                    options: EvalOptions, params: AttackParams, roundings: tuple[str, ...] = ("int8", "int4")
+                    ) -> dict[str, Any]:
+    """``roundings``: ``int8``/``int4`` (our per-channel rounding) and ``gguf-q8_0``/``gguf-q4_0``."""
     forget = sets["forget"]
     out: dict[str, Any] = {"unattacked": light_metrics(model, loaded.tokenizer, forget.records, forget.examples, options)}
-    for bits in params.quantize_bits:
+    for rounding in roundings:
         model = materialise()
-        layers = fake_quantise(model, bits)
-        out[f"int{bits}"] = {
+        if rounding in GGUF_ATTACKS:
+            model, details = through_gguf(model, loaded, GGUF_ATTACKS[rounding])
+        else:
+            details = {"layers": fake_quantise(model, int(rounding.removeprefix("int")))}
+        out[rounding] = {
             name: light_metrics(model, loaded.tokenizer, s.records, s.examples, options)
             for name, s in sets.items()
         }
-        out[f"int{bits}"]["layers"] = layers
+        out[rounding].update(details)
         del model
     return out
+
 
 
 # --------------------------------------------------------------------------- relearn

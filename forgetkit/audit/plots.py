@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from forgetkit.audit.verdict import rounded_results  # noqa: E402
+
 BAR_METRICS = ("rouge_l", "el10", "em", "ma", "probability", "truth_ratio")
 COLOURS = {"base": "#8c8c8c", "unlearned": "#1f77b4", "model": "#1f77b4", "reference": "#2ca02c"}
 
@@ -96,9 +98,8 @@ def attack_bars(results: dict[str, Any], path: Path) -> Path | None:
             row["none"] = forget
         if "attacked" in attacks.get("paraphrase", {}):
             row["paraphrase"] = attacks["paraphrase"]["attacked"]["rouge_l"] or 0.0
-        for key, result in attacks.get("quantize", {}).items():
-            if key.startswith("int"):
-                row[key] = result["forget"]["rouge_l"] or 0.0
+        for key, result in rounded_results(attacks.get("quantize", {})):
+            row[key] = result["forget"]["rouge_l"] or 0.0
         if "forget" in attacks.get("relearn", {}):
             row["relearn"] = attacks["relearn"]["forget"]["attacked"]["rouge_l"] or 0.0
         if "leak_rate" in attacks.get("sampling", {}).get("forget", {}):

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from forgetkit.audit.verdict import rounded_results
 from forgetkit.stages.common import fmt
 
 SET_METRICS = (
@@ -98,9 +99,8 @@ def _blocks(report: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
         if "attacked" in attacks.get("paraphrase", {}):
             a = attacks["paraphrase"]
             attack_rows.append((v, f"paraphrase ({a['paraphrases']})", "forget ROUGE-L", a["unattacked"]["rouge_l"], a["attacked"]["rouge_l"]))
-        for key, result in attacks.get("quantize", {}).items():
-            if key.startswith("int"):
-                attack_rows.append((v, f"quantize {key}", "forget ROUGE-L", attacks["quantize"]["unattacked"].get("rouge_l"), result["forget"]["rouge_l"]))
+        for key, result in rounded_results(attacks.get("quantize", {})):
+            attack_rows.append((v, f"quantize {key}", "forget ROUGE-L", attacks["quantize"]["unattacked"].get("rouge_l"), result["forget"]["rouge_l"]))
         relearned = attacks.get("relearn", {})
         for name in ("forget", "holdout"):
             if name in relearned:

@@ -26,6 +26,10 @@ from typing import Any
 
 FORGOTTEN, PARTIAL, NOT_FORGOTTEN = "forgotten", "partially forgotten", "not forgotten"
 
+def rounded_results(quantize: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The (rounding, per-set metrics) pairs of a quantize attack's result: int8, int4, gguf-q8_0, ..."""
+    return [(key, value) for key, value in quantize.items() if key != "unattacked" and isinstance(value, dict)]
+
 
 @dataclasses.dataclass
 class VerdictThresholds:
@@ -91,9 +95,8 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
     if "paraphrase" in attacks and "attacked" in attacks["paraphrase"]:
         checks.append(_upper("paraphrase: forget ROUGE-L", "attack", attacks["paraphrase"]["attacked"]["rouge_l"],
                              rouge_bound, rouge_rule))
-    for key, result in attacks.get("quantize", {}).items():
-        if key.startswith("int"):
-            checks.append(_upper(f"quantize {key}: forget ROUGE-L", "attack", result["forget"]["rouge_l"], rouge_bound, rouge_rule))
+    for key, result in rounded_results(attacks.get("quantize", {})):
+        checks.append(_upper(f"quantize {key}: forget ROUGE-L", "attack", result["forget"]["rouge_l"], rouge_bound, rouge_rule))
     relearned = attacks.get("relearn", {})
     if "forget" in relearned:
         control = relearned.get("holdout", {}).get("attacked", {}).get("rouge_l")

@@ -27,7 +27,7 @@ from forgetkit import __version__
 from forgetkit import registry
 from forgetkit.artifacts import check_artifact, input_record, write_json
 from forgetkit.audit import aggregate
-from forgetkit.audit.attacks import ATTACKS, AttackParams, paraphrase_attack, quantize_attack, relearn_attack, sampling_attack
+from forgetkit.audit.attacks import ATTACKS, GGUF_ATTACKS, AttackParams, paraphrase_attack, quantize_attack, relearn_attack, sampling_attack
 from forgetkit.audit.evaluate import SUITES, EvalOptions, evaluate_set
 from forgetkit.audit.reference import REPORT_KIND, reference_from_report
 from forgetkit.audit.report import write_readable
@@ -134,12 +134,20 @@ def audit_variant(variant: Variant, loaded: LoadedModel, sets: dict[str, EvalSet
         out["tofu"] = {"model_utility": aggregate.utility(out["sets"])} if "tofu" in options.suites else {}
         out["reference_stats"] = aggregate.reference_stats(out)
         attacks: dict[str, Any] = {}
+        roundings = tuple(("int8", "int4") if a == "quantize" else (a,) for a in params.attacks
+                          if a == "quantize" or a in GGUF_ATTACKS)
+        roundings = tuple(r for group in roundings for r in group)
         for attack in params.attacks:
+            attack = "quantize" if attack in GGUF_ATTACKS else attack  # one section with every rounding
+            if attack in attacks:
+                advance()
+                continue
             if attack == "paraphrase":
                 attacks[attack] = paraphrase_attack(variant.model, loaded, sets["forget"], options)
             elif attack == "quantize":
                 kept = {k: v for k, v in sets.items() if k in ("forget", "retain")}
-                attacks[attack] = quantize_attack(variant.model, variant.materialise, loaded, kept, options, params.attack)
+                attacks[attack] = quantize_attack(variant.model, variant.materialise, loaded, kept, options, params.attack,
+                                                  roundings)
             elif attack == "relearn":
                 attacks[attack] = relearn_attack(variant.materialise, loaded, sets, options, params.attack)
             elif attack == "sampling":
@@ -177,7 +185,7 @@ def run_audit(
     accelerator = make_accelerator()
     ranks = ranks_of(accelerator)
     sharded = sharded_base_requested() and ranks.world > 1
-    if sharded and {"quantize", "relearn"} & set(attack_names):
+    if sharded and {"quantize", "relearn", *GGUF_ATTACKS} & set(attack_names):
         raise ForgetkitError("the quantize and relearn attacks load a whole copy of the model; "
                              "they are not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet")
     # A sharded base is built on the host and split before it reaches the device.

@@ -22,7 +22,8 @@ from forgetkit.distributed import (Ranks, all_reduce_sum, gather_sharded, local_
                                    ranks_of, shard, shard_base, sharded_base_requested, sum_numbers)
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import logits_of, mean_nll
-from forgetkit.models import LoadedModel, discover_targets, load_model, peak_memory_mib, reset_peak_memory
+from forgetkit.models import (LoadedModel, checkpoint_in_eval, discover_targets, enable_gradient_checkpointing, load_model,
+                              peak_memory_mib, reset_peak_memory)
 from forgetkit.stages.common import load_examples, table
 
 ESTIMATORS = ("batch", "example")
@@ -38,6 +39,7 @@ class FisherParams:
     accumulate_on: str = "device"  # or "cpu": accumulators in host memory
     model_dtype: str = "auto"
     truncate: bool = False
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass
 
 
 def accumulate_fisher(
@@ -72,6 +74,7 @@ def accumulate_fisher(
     groups = batches(list(examples), step) if sharded else shard(batches(list(examples), step), ranks)
     tokens_total = 0
     model.eval()  # no dropout: the Fisher of the function we will edit
+    checkpoint_in_eval(model)  # checkpointed blocks (if enabled) recompute all the same
     try:
         with progress_bar(f"Fisher ({label})", len(groups)) as advance:
             for group in groups:
@@ -125,6 +128,7 @@ def run_fisher(
     _, forget_examples = load_examples(forget, loaded, truncate=params.truncate)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else []
     targets = discover_targets(loaded.model, params.targets)
+    checkpointed = enable_gradient_checkpointing(loaded.model) if params.gradient_checkpointing else 0
     sharding = None
     if sharded:
         # FSDP fixes which weights take gradients when it wraps them: the targets, set first.
@@ -160,6 +164,7 @@ def run_fisher(
         },
     )
     metadata.results["processes"] = ranks.world
+    metadata.results["checkpointed_blocks"] = checkpointed
     metadata.results["sharded_base"] = sharding
     metadata.results["peak_memory_mib"] = round(peak_memory_mib(accelerator.device), 1)
     with main_writes(ranks) as writer:

@@ -26,6 +26,7 @@ class MergeParams:
     model_dtype: str = "auto"
     seed: int = 0
     by_shard: bool = False  # fold shard by shard: memory of one shard, not of the model
+    gguf: str | None = None  # write one GGUF file of this format (f32, f16, q8_0, q4_0) instead of a folder
 
 
 def _merge_by_shard(model_ref: str, adapter: str, output: Path, params: MergeParams, trust_remote_code: bool) -> Metadata:
@@ -59,6 +60,13 @@ def run_merge(
 ) -> Metadata:
     adapter = local_artifact(adapter)
     registry.ensure_ready()
+    if params.gguf is not None:
+        from forgetkit.gguf.export import FORMATS
+
+        if params.gguf not in FORMATS:
+            raise ForgetkitError(f"--gguf must be one of {', '.join(FORMATS)}, not '{params.gguf}'")
+        if params.by_shard:
+            raise ForgetkitError("--gguf writes one file from the merged model in memory; drop --by-shard")
     if params.by_shard:
         return _merge_by_shard(model_ref, adapter, Path(output), params, trust_remote_code)
     loaded = load_model(model_ref, dtype=params.model_dtype, trust_remote_code=trust_remote_code)
@@ -83,6 +91,10 @@ def run_merge(
         parameters=dataclasses.asdict(params),
         results={"probe_max_abs_diff": drift, "adapter_stage_parameters": adapter_meta.parameters},
     )
+    if params.gguf is not None:
+        from forgetkit.stages.merge_gguf import write_merged_gguf
+
+        return write_merged_gguf(merged, loaded, Path(output), params.gguf, metadata, probe)
     tokenizer = AutoTokenizer.from_pretrained(loaded.local_dir, trust_remote_code=trust_remote_code)
     with atomic_folder(output) as staging:
         merged.save_pretrained(str(staging), max_shard_size=params.max_shard_size)

@@ -16,7 +16,7 @@ from forgetkit.console import console
 from forgetkit.distributed import gather_objects, main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
-from forgetkit.models import discover_targets, load_model
+from forgetkit.models import discover_targets, enable_gradient_checkpointing, load_model
 from forgetkit.plugins import load_loss
 from forgetkit.stages.common import load_examples, table
 from forgetkit.training import TrainConfig, train
@@ -36,6 +36,7 @@ class UnlearnParams:
     until_forgotten: bool = False
     model_dtype: str = "auto"
     truncate: bool = False
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass
 
 
 def forgetting_status(model, tokenizer, forget, holdout) -> dict[str, float]:
@@ -101,6 +102,7 @@ def run_unlearn(
         alpha = float(params.alpha if params.alpha is not None else 2 * params.rank)
         model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, params.targets), rank, alpha))
 
+    checkpointed = enable_gradient_checkpointing(model) if params.gradient_checkpointing else 0
     sharding = shard_base(model, ranks, accelerator.device) if sharded else None
 
     checkpoints = output.with_name(output.name + ".checkpoints")
@@ -161,6 +163,7 @@ def run_unlearn(
             "converted_from_residual_base": mutates_base,
             "processes": ranks.world,
             "sharded_base": sharding,  # blocks, and the weight bytes one process held against the whole model's
+            "checkpointed_blocks": checkpointed,
         },
     )
     adapter_weights = [p for name, p in model.named_parameters() if "lora_" in name]
