@@ -57,3 +57,35 @@ def test_fisher_artifact_contents(tiny_models, data_dir, tmp_path):
     run_fisher(str(tiny_models["gpt2"]), str(data_dir / "forget.jsonl"), str(data_dir / "retain_small.jsonl"), full,
                FisherParams(dtype="float32"))
     assert all(t.dtype == torch.float32 for t in load_tensor_artifact(full).values())
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_fisher(tiny_models, data_dir, tmp_path):
+    """GPT-2 has dropout in its config: checkpointing must recompute the blocks without switching
+    the model out of eval mode, or the Fisher of another function comes out."""
+    model = str(tiny_models["gpt2"])
+    plain, checkpointed = tmp_path / "plain.st", tmp_path / "checkpointed.st"
+    run_fisher(model, str(data_dir / "forget.jsonl"), None, plain, FisherParams(dtype="float32"))
+    from forgetkit.stages import fisher as fisher_stage
+
+    calls = []
+    real = fisher_stage.enable_gradient_checkpointing
+
+    def counting(model_):
+        count = real(model_)
+        # the block's first layer, inside the checkpoint (recomputation stops once it has what backward needs)
+        model_.transformer.h[0].ln_1.register_forward_pre_hook(lambda *_: calls.append(1))
+        return count
+
+    fisher_stage.enable_gradient_checkpointing = counting
+    try:
+        run_fisher(model, str(data_dir / "forget.jsonl"), None, checkpointed,
+                   FisherParams(dtype="float32", gradient_checkpointing=True))
+    finally:
+        fisher_stage.enable_gradient_checkpointing = real
+    batches = -(-len(load_examples(str(data_dir / "forget.jsonl"), load_model(model))[1]) // FisherParams().batch_size)
+    assert len(calls) == 2 * batches  # each block ran again in the backward pass
+    a, b = load_tensor_artifact(plain), load_tensor_artifact(checkpointed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-10), name
+    assert read_metadata(checkpointed).results["checkpointed_blocks"] == 2

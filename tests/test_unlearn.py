@@ -170,3 +170,24 @@ def test_until_forgotten_stops_once_forget_looks_unseen(memorised, tmp_path):
     status = forgetting_status(model, loaded.tokenizer, load_examples(str(memorised / "forget.jsonl"), loaded)[1],
                                load_examples(str(memorised / "holdout.jsonl"), loaded)[1])
     assert status["forget_em"] <= status["holdout_em"] and status["forget_el10"] <= status["holdout_el10"]
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_models, data_dir, fila_init, tmp_path):
+    """With a frozen base and LoRA, checkpointing must still give the adapter gradients (the inputs of
+    the first block need grad): the same adapter as without, away from its starting point."""
+    model = str(tiny_models["llama"])
+    adapters = {}
+    for flag in (False, True):
+        out = tmp_path / f"adapter-{flag}"
+        run_unlearn(model, str(data_dir / "forget.jsonl"), out, UnlearnParams(train=FAST, gradient_checkpointing=flag),
+                    retain=str(data_dir / "retain_small.jsonl"), init=str(fila_init["llama"]))
+        adapters[flag] = load_file(str(out / "adapter_model.safetensors"))
+        assert read_metadata(out).results["checkpointed_blocks"] == (2 if flag else 0)
+    start = load_file(str(fila_init["llama"] / "adapter_model.safetensors"))
+    moved = 0.0
+    for name, value in adapters[True].items():
+        assert torch.allclose(value, adapters[False][name], atol=1e-5), name
+        rank = start[name].shape[0] if "lora_A" in name else start[name].shape[1]
+        part = value[:rank] if "lora_A" in name else value[:, :rank]
+        moved = max(moved, (part - start[name]).abs().max().item())
+    assert moved > 1e-3
