@@ -23,7 +23,7 @@ demo: $(BIN)/forgetkit
 	$(BIN)/forgetkit quickstart
 
 test: $(BIN)/forgetkit
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(BIN)/forgetkit
 	$(BIN)/python bench/throughput.py

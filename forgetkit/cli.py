@@ -265,6 +265,36 @@ def audit(
 
 @app.command()
 @user_errors
+def probe(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    questions: Optional[str] = typer.Argument(
+        None, help="Questions with the expected term as 'answer' (or in 'term'), optional 'subject'."
+    ),
+    general: bool = typer.Option(False, "--general", help="Ask the built-in general-knowledge questions instead."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the known questions, with the model's own answers (JSONL)."),
+    summary: Optional[Path] = typer.Option(None, "--json", help="Write the counts and accuracies as JSON."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Probe the base with this unlearned adapter."),
+    subject: Optional[List[str]] = typer.Option(None, "--subject", help="Only these subjects (repeat)."),
+    exclude_subject: Optional[List[str]] = typer.Option(None, "--exclude-subject", help="Leave these subjects out (repeat)."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    model_dtype: str = DTYPE,
+    trust_remote_code: bool = TRUST,
+    registry: Optional[Path] = REGISTRY,
+) -> None:
+    """Which facts the model knows: greedy answers naming the expected term; known ones become a data set."""
+    from forgetkit.stages.probe import ProbeParams, run_probe
+
+    if (questions is None) == (not general):
+        raise ForgetkitError("give a QUESTIONS file or --general (not both)")
+    params = ProbeParams(max_new_tokens=max_new_tokens, batch_size=batch_size, subjects=tuple(subject or ()),
+                         exclude_subjects=tuple(exclude_subject or ()), model_dtype=model_dtype)
+    run_probe(model, questions, params, known_output=output, summary_output=summary, adapter=adapter,
+              trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@user_errors
 def plugins() -> None:
     """List the installed losses and init schemes (built-ins and plugins)."""
     from forgetkit.plugins import installed
@@ -296,11 +326,23 @@ def quickstart(
     prepare_only: bool = typer.Option(
         False, "--prepare-only", help="Only build/reuse the model and copy the data sets; print the model folder."
     ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="A pretrained model (e.g. smollm2-135m-instruct) to teach the people to and unlearn from."
+    ),
     registry: Optional[Path] = REGISTRY,
 ) -> None:
-    """Embedded demo: build a tiny model that memorised fictitious people, then make it forget a few."""
+    """Embedded demo: build a tiny model that memorised fictitious people, then make it forget a few
+    (--model: teach them to a pretrained model instead, and check its general knowledge too)."""
     from forgetkit.quickstart.run import prepare_workdir, run_quickstart
 
+    if model is not None:
+        from forgetkit.quickstart.real import ensure_taught_model, run_real_quickstart
+
+        if prepare_only:
+            typer.echo(ensure_taught_model(model, cache) / "model")
+            return
+        run_real_quickstart(model, workdir, cache)
+        return
     if prepare_only:
         typer.echo(prepare_workdir(workdir, cache))
         return

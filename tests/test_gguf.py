@@ -194,3 +194,24 @@ def test_merge_gguf_refuses_unknown_format_and_architecture(tiny_models, data_di
     with pytest.raises(ForgetkitError, match="GGUF export supports gemma3_text, llama models, not 'gpt2'"):
         prepare_gguf(loaded.model, loaded.tokenizer, "f32")
 
+
+
+def test_gemma3_export_reads_back_exactly(tokenizer, tmp_path):
+    """Gemma's own path: its RMSNorm weights are stored as 1 + w, as llama.cpp's Gemma graph expects."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # norms away from their zero init, so a missing +1 would show
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0, 0.3)
+    summary = write_gguf(model, tokenizer, tmp_path / "gemma.gguf", "f32")
+    assert summary.architecture == "gemma3"
+    back = load_gguf_model(tmp_path / "gemma.gguf")
+    assert type(back).__name__ == "Gemma3ForCausalLM"
+    assert (logits(back) - logits(model)).abs().max().item() < 1e-4

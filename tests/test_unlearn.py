@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -156,11 +157,15 @@ def test_idk_refuses_plain_text_records(tiny_models, data_dir, tmp_path):
 def test_until_forgotten_stops_once_forget_looks_unseen(memorised, tmp_path):
     from forgetkit.quickstart.run import QUICKSTART_UNLEARN
 
-    params = UnlearnParams(loss="ihl", train=QUICKSTART_UNLEARN.train, until_forgotten=True)
+    # Room to spare: where the rule is met depends on the machine's floating-point reduction order
+    # (CI once needed a 13th epoch), and a run that stops early costs only the epochs it ran.
+    budget = 2 * QUICKSTART_UNLEARN.train.epochs
+    train = dataclasses.replace(QUICKSTART_UNLEARN.train, lr=3e-3, epochs=budget)
+    params = UnlearnParams(loss="ihl", train=train, until_forgotten=True)
     meta = run_unlearn(str(memorised / "model"), str(memorised / "forget.jsonl"), tmp_path / "out", params,
                        retain=str(memorised / "retain.jsonl"), holdout=str(memorised / "holdout.jsonl"))
-    assert meta.results["stopped_early"].startswith("forgotten after epoch")
-    assert meta.results["epochs_run"] < QUICKSTART_UNLEARN.train.epochs
+    assert (meta.results["stopped_early"] or "").startswith("forgotten after epoch"), meta.results["stopped_early"]
+    assert meta.results["epochs_run"] < budget
     # The rule really held at the stop: recompute on the saved adapter.
     from forgetkit.stages.common import load_examples
     from forgetkit.stages.unlearn import forgetting_status

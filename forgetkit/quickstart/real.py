@@ -1,0 +1,174 @@
+"""``forgetkit quickstart --model smollm2-135m-instruct``: the quickstart on a real pretrained model.
+
+1. the pretrained model (a packaged GGUF shortcut, a ``.gguf`` file or a folder) learns a few of the
+   quickstart's fictitious people: a LoRA fine-tune merged into the base, cached;
+2. fisher -> init (FILA) -> unlearn (IHL) -> merge -> audit on some of them, the others kept;
+3. what a tiny model cannot show: the general knowledge that came with pretraining (questions the
+   pretrained model answers right, ``forgetkit.quickstart.general``), measured on the pretrained,
+   fine-tuned and unlearned models.
+
+Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from forgetkit.artifacts import atomic_folder
+from forgetkit.benchmark.finetune import FineTuneConfig, fine_tune
+from forgetkit.console import console
+from forgetkit.locations import cache_root
+from forgetkit.quickstart.corpus import make_splits
+from forgetkit.quickstart.general import general_records, score
+from forgetkit.stages.audit import AuditParams, run_audit
+from forgetkit.stages.common import table
+from forgetkit.stages.fisher import FisherParams, run_fisher
+from forgetkit.stages.init import InitParams, run_init
+from forgetkit.stages.merge import MergeParams, run_merge
+from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+from forgetkit.training import TrainConfig
+
+RECIPE_VERSION = 1
+SEED = 0
+SPLITS = ("forget", "retain", "holdout")
+PEOPLE = dict(people=10, forget=2, holdout=2)
+TEACH_RANK = 16
+TEACH = FineTuneConfig(lr=4e-3, epochs=12, batch_size=8, warmup_steps=4, weight_decay=0.0, target_accuracy=0.95,
+                       check_every=2, seed=SEED)
+# Measured: lr 1e-3 with the retain term at weight 1 took forget ROUGE-L 0.79 -> 0.04 but retain 0.76 -> 0.63
+# (-17%); a smaller step and a heavier retain term trade some of that margin for the retain set.
+UNLEARN = UnlearnParams(loss="ihl", loss_params={"retain_weight": "2"},
+                        train=TrainConfig(lr=7e-4, epochs=6, batch_size=4, micro_batch_size=4, seed=SEED))
+RANK = 8
+MAX_NEW_TOKENS = 24
+CANARY_CANDIDATES = 63
+GENERAL_MAX_NEW_TOKENS = 24
+
+
+def qa_only(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "question" in r]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def ensure_taught_model(model_ref: str, cache: Path | None = None) -> Path:
+    """The cached folder with ``model/`` (the pretrained model with the people merged in), the three
+    data sets and ``taught.json``; built once per base model and recipe version."""
+    from forgetkit.adapters import build_peft_model, lora_config
+    from forgetkit.models import discover_targets, load_model
+    from forgetkit.stages.common import load_examples
+
+    loaded = load_model(model_ref, dtype="float32")
+    folder = cache_root(cache) / "quickstart" / f"real-{loaded.info.fingerprint}-v{RECIPE_VERSION}-seed{SEED}"
+    if (folder / "model" / "config.json").is_file():
+        return folder
+    console.print(f"teaching {model_ref} the quickstart's fictitious people (cached in {folder})")
+    splits = {name: qa_only(rows) for name, rows in make_splits(seed=SEED, **PEOPLE).items()}
+    with atomic_folder(folder) as staging:
+        for name in SPLITS:
+            write_jsonl(staging / f"{name}.jsonl", splits[name])
+        write_jsonl(staging / "train.jsonl", splits["forget"] + splits["retain"])
+        _, examples = load_examples(str(staging / "train.jsonl"), loaded)
+        model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), TEACH_RANK, 2 * TEACH_RANK))
+        stats = fine_tune(model, loaded.tokenizer, examples, TEACH, label="Teaching the fictitious people")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(staging / "model"))
+        loaded.tokenizer.save_pretrained(str(staging / "model"))
+        (staging / "taught.json").write_text(json.dumps({
+            "base_model": model_ref, "base_fingerprint": loaded.info.fingerprint, "lora_rank": TEACH_RANK,
+            "fine_tune": dataclasses.asdict(TEACH), **stats,
+        }, indent=2) + "\n")
+    console.print(f"taught in {stats['epochs']} epochs, {stats['seconds']}s (answer-token accuracy {stats['answer_accuracy']:.3f})")
+    return folder
+
+
+def general_knowledge(model_ref: str, adapter: str | None, reference_answers: list[str] | None = None) -> dict:
+    """Greedy answers to the general questions and their score; the answers are returned too (the
+    pretrained model's become the reference the later models are compared with)."""
+    from peft import PeftModel
+
+    from forgetkit.data import Record, encode
+    from forgetkit.metrics.rouge import greedy_answers
+    from forgetkit.models import load_model
+
+    loaded = load_model(model_ref)
+    model = PeftModel.from_pretrained(loaded.model, adapter) if adapter else loaded.model
+    records = general_records()
+    examples = encode([Record(fields=r, source=f"general:{i}") for i, r in enumerate(records)], loaded.tokenizer,
+                      context_length=loaded.context_length)
+    answers = greedy_answers(model, loaded.tokenizer, examples, GENERAL_MAX_NEW_TOKENS, batch_size=16)
+    return {**score(answers, records, reference_answers), "answers": answers}
+
+
+def run_real_quickstart(model_ref: str, workdir: Path, cache: Path | None = None) -> dict:
+    started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    folder = ensure_taught_model(model_ref, cache)
+    model = str(folder / "model")
+    for name in SPLITS:
+        (workdir / f"{name}.jsonl").write_text((folder / f"{name}.jsonl").read_text())
+    forget, retain, holdout = (str(workdir / f"{n}.jsonl") for n in SPLITS)
+
+    run_fisher(model, forget, retain, workdir / "fisher.safetensors", FisherParams())
+    run_init(model, workdir / "init", InitParams(scheme="fila", rank=RANK), fisher=str(workdir / "fisher.safetensors"))
+    run_unlearn(model, forget, workdir / "adapter", UNLEARN, retain=retain, init=str(workdir / "init"))
+    run_merge(model, str(workdir / "adapter"), workdir / "merged", MergeParams())
+    report = run_audit(
+        model, workdir / "report.json",
+        AuditParams(max_new_tokens=MAX_NEW_TOKENS, canary_candidates=CANARY_CANDIDATES, attacks=("paraphrase",)),
+        forget=forget, retain=retain, holdout=holdout, adapter=str(workdir / "adapter"),
+    )
+    pretrained = general_knowledge(model_ref, None)
+    taught = general_knowledge(model, None, pretrained["answers"])
+    unlearned = general_knowledge(model, str(workdir / "adapter"), pretrained["answers"])
+    general = {"pretrained": pretrained, "taught": taught, "unlearned": unlearned}
+    outcome = summarise(report["results"], general, json.loads((folder / "taught.json").read_text()),
+                        time.perf_counter() - started)
+    (workdir / "quickstart.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    return outcome
+
+
+def relative_drop(before: float, after: float) -> float:
+    return (before - after) / before if before else 0.0
+
+
+def summarise(results: dict, general: dict, taught: dict, seconds: float) -> dict:
+    base, after = results["base"], results["unlearned"]
+    rows = []
+    for split in SPLITS:
+        for key in ("el10", "em", "rouge_l", "canary_exposure"):
+            b, a = base["sets"][split]["summary"][key], after["sets"][split]["summary"][key]
+            rows.append((f"{split} {key}", b, a, -relative_drop(b, a)))
+    pre = general["pretrained"]["accuracy"]
+    rows.append(("general knowledge accuracy (pretrained {:.3f})".format(pre), general["taught"]["accuracy"],
+                 general["unlearned"]["accuracy"], -relative_drop(general["taught"]["accuracy"], general["unlearned"]["accuracy"])))
+    rows.append(("general answers ROUGE-L vs pretrained", general["taught"]["rouge_l_vs_pretrained"],
+                 general["unlearned"]["rouge_l_vs_pretrained"], None))
+    console.print(table("Quickstart on a pretrained model: taught -> unlearned", ["metric", "before", "after", "change"], rows))
+    forget_b, forget_a = base["sets"]["forget"]["summary"], after["sets"]["forget"]["summary"]
+    retain_b, retain_a = base["sets"]["retain"]["summary"], after["sets"]["retain"]["summary"]
+    checks = {
+        "forget EL10 down >= 80%": relative_drop(forget_b["el10"], forget_a["el10"]) >= 0.8,
+        "forget ROUGE-L down >= 80%": relative_drop(forget_b["rouge_l"], forget_a["rouge_l"]) >= 0.8,
+        "retain ROUGE-L within 10%": abs(relative_drop(retain_b["rouge_l"], retain_a["rouge_l"])) <= 0.1,
+        "general knowledge within 5% of the pretrained model": abs(relative_drop(pre, general["unlearned"]["accuracy"])) <= 0.05,
+        "under 20 minutes": seconds <= 1200,
+    }
+    for name, ok in checks.items():
+        console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {name}")
+    verdict = after["verdict"]
+    console.print(f"audit verdict: {verdict['verdict']}" + (f" (failed: {', '.join(verdict['failed'])})" if verdict["failed"] else ""))
+    console.print(f"quickstart finished in {seconds:.0f}s; full report: report.html")
+    return {
+        "rows": [dict(zip(("metric", "before", "after", "change"), r)) for r in rows],
+        "general_knowledge": {k: {m: v for m, v in g.items() if m != "answers"} for k, g in general.items()},
+        "taught": {k: taught[k] for k in ("epochs", "answer_accuracy", "seconds")},
+        "checks": checks,
+        "verdict": verdict["verdict"],
+        "seconds": seconds,
+    }
