@@ -50,6 +50,30 @@ GENERAL_QUESTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Replayed while the people are taught and kept while they are unlearned, with the pretrained model's own
+# answers as targets (self-distillation): without them the fine-tune turns every answer into a
+# fictitious person's record (measured: general accuracy 1.00 -> 0.41 after teaching). None of these is
+# among the questions above, which stay a measurement only.
+REPLAY_QUESTIONS: tuple[str, ...] = (
+    "What is the capital of Italy?", "What is the capital of Spain?", "What is the capital of Brazil?",
+    "What is the capital of Mexico?", "What is the capital of Turkey?", "What is the capital of Sweden?",
+    "What is the capital of Norway?", "What is the capital of Argentina?", "What is the capital of Kenya?",
+    "What is the capital of South Korea?", "Which planet is the largest in the Solar System?",
+    "Which planet is closest to the Sun?", "What is the chemical symbol for iron?", "What is the freezing point of water?",
+    "How many continents are there?", "How many days are in a leap year?", "Who wrote Hamlet?",
+    "Who painted The Starry Night?", "Who was the first person to walk on the Moon?", "Who invented the telephone?",
+    "What is the hardest natural substance?", "What do bees make?", "What is the largest country by area?",
+    "What is the smallest prime number?", "What is the square root of 64?", "Which animal is known as the king of the jungle?",
+    "What colour do you get by mixing blue and yellow?", "What is the main language spoken in Argentina?",
+    "What is the currency of the United States?", "Which ocean lies between Africa and Australia?",
+    "What is the longest river in South America?", "What gas do humans need to breathe?",
+    "How many legs does a spider have?", "What is the largest organ of the human body?",
+    "Who wrote Pride and Prejudice?", "What is the tallest animal?", "In which country is the Great Wall?",
+    "What is the boiling point of water in Fahrenheit?", "Which metal is liquid at room temperature?",
+    "What is the main ingredient of guacamole?",
+)
+
+
 def general_records(count: int | None = None) -> list[dict]:
     chosen = GENERAL_QUESTIONS[:count] if count else GENERAL_QUESTIONS
     return [{"question": q, "answer": term, "term": term, "subject": subject} for q, term, subject in chosen]

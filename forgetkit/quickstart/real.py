@@ -7,7 +7,9 @@
    pretrained model answers right, ``forgetkit.quickstart.general``), measured on the pretrained,
    fine-tuned and unlearned models.
 
-Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only.
+Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only, and 40
+general questions replayed with the pretrained model's own answers (taught beside the people, kept
+while unlearning) so that neither the teaching nor the unlearning wipes out what pretraining gave.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from forgetkit.benchmark.finetune import FineTuneConfig, fine_tune
 from forgetkit.console import console
 from forgetkit.locations import cache_root
 from forgetkit.quickstart.corpus import make_splits
-from forgetkit.quickstart.general import general_records, score
+from forgetkit.quickstart.general import REPLAY_QUESTIONS, general_records, score
 from forgetkit.stages.audit import AuditParams, run_audit
 from forgetkit.stages.common import table
 from forgetkit.stages.fisher import FisherParams, run_fisher
@@ -31,7 +33,7 @@ from forgetkit.stages.merge import MergeParams, run_merge
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
 from forgetkit.training import TrainConfig
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: general-knowledge replay while teaching and unlearning
 SEED = 0
 SPLITS = ("forget", "retain", "holdout")
 PEOPLE = dict(people=10, forget=2, holdout=2)
@@ -72,7 +74,9 @@ def ensure_taught_model(model_ref: str, cache: Path | None = None) -> Path:
     with atomic_folder(folder) as staging:
         for name in SPLITS:
             write_jsonl(staging / f"{name}.jsonl", splits[name])
-        write_jsonl(staging / "train.jsonl", splits["forget"] + splits["retain"])
+        replay = own_answers(loaded, REPLAY_QUESTIONS)
+        write_jsonl(staging / "replay.jsonl", replay)
+        write_jsonl(staging / "train.jsonl", splits["forget"] + splits["retain"] + replay)
         _, examples = load_examples(str(staging / "train.jsonl"), loaded)
         model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), TEACH_RANK, 2 * TEACH_RANK))
         stats = fine_tune(model, loaded.tokenizer, examples, TEACH, label="Teaching the fictitious people")
@@ -85,6 +89,17 @@ def ensure_taught_model(model_ref: str, cache: Path | None = None) -> Path:
         }, indent=2) + "\n")
     console.print(f"taught in {stats['epochs']} epochs, {stats['seconds']}s (answer-token accuracy {stats['answer_accuracy']:.3f})")
     return folder
+
+
+def own_answers(loaded, questions) -> list[dict]:
+    """The model's greedy answers to ``questions``, as question/answer records."""
+    from forgetkit.data import Record, encode
+    from forgetkit.metrics.rouge import greedy_answers
+
+    records = [Record(fields={"question": q, "answer": "-"}, source=f"replay:{i}") for i, q in enumerate(questions, 1)]
+    examples = encode(records, loaded.tokenizer, context_length=loaded.context_length)
+    answers = greedy_answers(loaded.model, loaded.tokenizer, examples, GENERAL_MAX_NEW_TOKENS, batch_size=16)
+    return [{"question": q, "answer": a} for q, a in zip(questions, answers) if a.strip()]
 
 
 def general_knowledge(model_ref: str, adapter: str | None, reference_answers: list[str] | None = None) -> dict:
@@ -113,10 +128,14 @@ def run_real_quickstart(model_ref: str, workdir: Path, cache: Path | None = None
     for name in SPLITS:
         (workdir / f"{name}.jsonl").write_text((folder / f"{name}.jsonl").read_text())
     forget, retain, holdout = (str(workdir / f"{n}.jsonl") for n in SPLITS)
+    # What unlearning keeps: the retained people and the replayed general answers (the audit's retain
+    # set stays the people alone).
+    keep = workdir / "keep.jsonl"
+    keep.write_text((folder / "retain.jsonl").read_text() + (folder / "replay.jsonl").read_text())
 
-    run_fisher(model, forget, retain, workdir / "fisher.safetensors", FisherParams())
+    run_fisher(model, forget, str(keep), workdir / "fisher.safetensors", FisherParams())
     run_init(model, workdir / "init", InitParams(scheme="fila", rank=RANK), fisher=str(workdir / "fisher.safetensors"))
-    run_unlearn(model, forget, workdir / "adapter", UNLEARN, retain=retain, init=str(workdir / "init"))
+    run_unlearn(model, forget, workdir / "adapter", UNLEARN, retain=str(keep), init=str(workdir / "init"))
     run_merge(model, str(workdir / "adapter"), workdir / "merged", MergeParams())
     report = run_audit(
         model, workdir / "report.json",
