@@ -33,17 +33,19 @@ from forgetkit.stages.merge import MergeParams, run_merge
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
 from forgetkit.training import TrainConfig
 
-RECIPE_VERSION = 2  # 2: general-knowledge replay while teaching and unlearning
+RECIPE_VERSION = 3  # 2: general-knowledge replay; 3: a gentler teaching step
 SEED = 0
 SPLITS = ("forget", "retain", "holdout")
 PEOPLE = dict(people=10, forget=2, holdout=2)
 TEACH_RANK = 16
-TEACH = FineTuneConfig(lr=4e-3, epochs=12, batch_size=8, warmup_steps=4, weight_decay=0.0, target_accuracy=0.95,
+# Measured on SmolLM2 (general-knowledge accuracy of the taught model; the pretrained one scores 1.00):
+# lr 4e-3 without replay 0.41, with replay 0.69.
+TEACH = FineTuneConfig(lr=2e-3, epochs=16, batch_size=8, warmup_steps=4, weight_decay=0.0, target_accuracy=0.95,
                        check_every=2, seed=SEED)
-# Measured: lr 1e-3 with the retain term at weight 1 took forget ROUGE-L 0.79 -> 0.04 but retain 0.76 -> 0.63
-# (-17%); a smaller step and a heavier retain term trade some of that margin for the retain set.
-UNLEARN = UnlearnParams(loss="ihl", loss_params={"retain_weight": "2"},
-                        train=TrainConfig(lr=7e-4, epochs=6, batch_size=4, micro_batch_size=4, seed=SEED))
+# Measured: lr 1e-3, retain weight 1: forget ROUGE-L 0.79 -> 0.04, retain 0.76 -> 0.63 (-17%); lr 7e-4,
+# weight 2: forget 0.83 -> 0.10, retain -11% (no replay), -44% (replay in the kept set, diluting the people).
+UNLEARN = UnlearnParams(loss="ihl", loss_params={"retain_weight": "3"},
+                        train=TrainConfig(lr=5e-4, epochs=6, batch_size=4, micro_batch_size=4, seed=SEED))
 RANK = 8
 MAX_NEW_TOKENS = 24
 CANARY_CANDIDATES = 63
