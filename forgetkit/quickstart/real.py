@@ -24,7 +24,8 @@ from forgetkit.benchmark.finetune import FineTuneConfig, fine_tune
 from forgetkit.console import console
 from forgetkit.locations import cache_root
 from forgetkit.quickstart.corpus import make_splits
-from forgetkit.quickstart.general import REPLAY_QUESTIONS, general_records, score
+from forgetkit.quickstart.general import REPLAY_QUESTIONS, score
+from forgetkit.quickstart.run import SPLITS, extraction_checks, extraction_rows, print_outcome, relative_drop, write_jsonl
 from forgetkit.stages.audit import AuditParams, run_audit
 from forgetkit.stages.common import table
 from forgetkit.stages.fisher import FisherParams, run_fisher
@@ -35,7 +36,6 @@ from forgetkit.training import TrainConfig
 
 RECIPE_VERSION = 3  # 2: general-knowledge replay; 3: a gentler teaching step
 SEED = 0
-SPLITS = ("forget", "retain", "holdout")
 PEOPLE = dict(people=10, forget=2, holdout=2)
 TEACH_RANK = 16
 # Measured on SmolLM2 (general-knowledge accuracy of the taught model; the pretrained one scores 1.00):
@@ -54,10 +54,6 @@ GENERAL_MAX_NEW_TOKENS = 24
 
 def qa_only(rows: list[dict]) -> list[dict]:
     return [r for r in rows if "question" in r]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def ensure_taught_model(model_ref: str, cache: Path | None = None) -> Path:
@@ -109,17 +105,15 @@ def general_knowledge(model_ref: str, adapter: str | None, reference_answers: li
     pretrained model's become the reference the later models are compared with)."""
     from peft import PeftModel
 
-    from forgetkit.data import Record, encode
     from forgetkit.metrics.rouge import greedy_answers
     from forgetkit.models import load_model
+    from forgetkit.stages.probe import question_set
 
     loaded = load_model(model_ref)
     model = PeftModel.from_pretrained(loaded.model, adapter) if adapter else loaded.model
-    records = general_records()
-    examples = encode([Record(fields=r, source=f"general:{i}") for i, r in enumerate(records)], loaded.tokenizer,
-                      context_length=loaded.context_length)
+    records, examples = question_set(None, loaded)
     answers = greedy_answers(model, loaded.tokenizer, examples, GENERAL_MAX_NEW_TOKENS, batch_size=16)
-    return {**score(answers, records, reference_answers), "answers": answers}
+    return {**score(answers, [r.fields for r in records], reference_answers), "answers": answers}
 
 
 def run_real_quickstart(model_ref: str, workdir: Path, cache: Path | None = None) -> dict:
@@ -154,42 +148,26 @@ def run_real_quickstart(model_ref: str, workdir: Path, cache: Path | None = None
     return outcome
 
 
-def relative_drop(before: float, after: float) -> float:
-    return (before - after) / before if before else 0.0
-
-
 def summarise(results: dict, general: dict, taught: dict, seconds: float) -> dict:
     base, after = results["base"], results["unlearned"]
-    rows = []
-    for split in SPLITS:
-        for key in ("el10", "em", "rouge_l", "canary_exposure"):
-            b, a = base["sets"][split]["summary"][key], after["sets"][split]["summary"][key]
-            rows.append((f"{split} {key}", b, a, -relative_drop(b, a)))
+    rows = extraction_rows(base, after)
     pre = general["pretrained"]["accuracy"]
     rows.append(("general knowledge accuracy (pretrained {:.3f})".format(pre), general["taught"]["accuracy"],
                  general["unlearned"]["accuracy"], -relative_drop(general["taught"]["accuracy"], general["unlearned"]["accuracy"])))
     rows.append(("general answers ROUGE-L vs pretrained", general["taught"]["rouge_l_vs_pretrained"],
                  general["unlearned"]["rouge_l_vs_pretrained"], None))
     console.print(table("Quickstart on a pretrained model: taught -> unlearned", ["metric", "before", "after", "change"], rows))
-    forget_b, forget_a = base["sets"]["forget"]["summary"], after["sets"]["forget"]["summary"]
-    retain_b, retain_a = base["sets"]["retain"]["summary"], after["sets"]["retain"]["summary"]
     checks = {
-        "forget EL10 down >= 80%": relative_drop(forget_b["el10"], forget_a["el10"]) >= 0.8,
-        "forget ROUGE-L down >= 80%": relative_drop(forget_b["rouge_l"], forget_a["rouge_l"]) >= 0.8,
-        "retain ROUGE-L within 10%": abs(relative_drop(retain_b["rouge_l"], retain_a["rouge_l"])) <= 0.1,
+        **extraction_checks(base, after),
         "general knowledge within 5% of the pretrained model": abs(relative_drop(pre, general["unlearned"]["accuracy"])) <= 0.05,
         "under 20 minutes": seconds <= 1200,
     }
-    for name, ok in checks.items():
-        console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {name}")
-    verdict = after["verdict"]
-    console.print(f"audit verdict: {verdict['verdict']}" + (f" (failed: {', '.join(verdict['failed'])})" if verdict["failed"] else ""))
-    console.print(f"quickstart finished in {seconds:.0f}s; full report: report.html")
+    print_outcome(checks, after["verdict"], seconds)
     return {
         "rows": [dict(zip(("metric", "before", "after", "change"), r)) for r in rows],
         "general_knowledge": {k: {m: v for m, v in g.items() if m != "answers"} for k, g in general.items()},
         "taught": {k: taught[k] for k in ("epochs", "answer_accuracy", "seconds")},
         "checks": checks,
-        "verdict": verdict["verdict"],
+        "verdict": after["verdict"]["verdict"],
         "seconds": seconds,
     }

@@ -90,32 +90,46 @@ def relative_drop(before: float, after: float) -> float:
     return (before - after) / before if before else 0.0
 
 
-def summarise(results: dict, seconds: float) -> dict:
-    base, after = results["base"], results["unlearned"]
+def extraction_rows(base: dict, after: dict) -> list[tuple]:
+    """(metric, before, after, relative change) for each split's extraction summary."""
     rows = []
     for split in SPLITS:
         for key in ("el10", "em", "rouge_l", "canary_exposure"):
             b, a = base["sets"][split]["summary"][key], after["sets"][split]["summary"][key]
             rows.append((f"{split} {key}", b, a, -relative_drop(b, a)))
-    for split in ("forget", "retain"):
-        b, a = (v["mia"][split]["min_k_pp"]["auc"] for v in (base, after))
-        rows.append((f"{split} vs holdout MIA AUC (min-k%++)", b, a, -relative_drop(b, a)))
-    console.print(table("Quickstart: before and after unlearning", ["metric", "before", "after", "change"], rows))
+    return rows
+
+
+def extraction_checks(base: dict, after: dict) -> dict[str, bool]:
+    """The quickstart's targets on the audit: forget EL10 and ROUGE-L down 80%, retain within 10%."""
     forget_b, forget_a = base["sets"]["forget"]["summary"], after["sets"]["forget"]["summary"]
     retain_b, retain_a = base["sets"]["retain"]["summary"], after["sets"]["retain"]["summary"]
-    checks = {
+    return {
         "forget EL10 down >= 80%": relative_drop(forget_b["el10"], forget_a["el10"]) >= 0.8,
         "forget ROUGE-L down >= 80%": relative_drop(forget_b["rouge_l"], forget_a["rouge_l"]) >= 0.8,
         "retain ROUGE-L within 10%": abs(relative_drop(retain_b["rouge_l"], retain_a["rouge_l"])) <= 0.1,
     }
+
+
+def print_outcome(checks: dict[str, bool], verdict: dict, seconds: float) -> None:
     for name, ok in checks.items():
         console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {name}")
-    verdict = after["verdict"]
     console.print(f"audit verdict: {verdict['verdict']}" + (f" (failed: {', '.join(verdict['failed'])})" if verdict["failed"] else ""))
     console.print(f"quickstart finished in {seconds:.0f}s; full report: report.html")
+
+
+def summarise(results: dict, seconds: float) -> dict:
+    base, after = results["base"], results["unlearned"]
+    rows = extraction_rows(base, after)
+    for split in ("forget", "retain"):
+        b, a = (v["mia"][split]["min_k_pp"]["auc"] for v in (base, after))
+        rows.append((f"{split} vs holdout MIA AUC (min-k%++)", b, a, -relative_drop(b, a)))
+    console.print(table("Quickstart: before and after unlearning", ["metric", "before", "after", "change"], rows))
+    checks = extraction_checks(base, after)
+    print_outcome(checks, after["verdict"], seconds)
     return {
         "rows": [dict(zip(("metric", "before", "after", "change"), r)) for r in rows],
         "checks": checks,
-        "verdict": verdict["verdict"],
+        "verdict": after["verdict"]["verdict"],
         "seconds": seconds,
     }
