@@ -124,7 +124,7 @@ def unlearn(
     forget: Optional[str] = typer.Argument(None, help="Forget set (not used by --method llmeraser)."),
     retain: Optional[str] = typer.Option(None, "--retain", help="Retain set."),
     init: Optional[str] = typer.Option(None, "--init", help="Init artifact from 'forgetkit init' (default: plain LoRA)."),
-    loss: str = typer.Option("ihl", "--loss", help="ihl, ga, gd, npo, kl, idk or a plugin."),
+    loss: str = typer.Option("ihl", "--loss", help="ihl, ga, gd, npo, kl, idk, unseen or a plugin."),
     loss_param: Optional[List[str]] = typer.Option(None, "--loss-param", help="KEY=VALUE for the loss (e.g. beta=0.1)."),
     output: Path = typer.Option(Path("adapter"), "-o", "--output"),
     rank: int = typer.Option(8, "--rank", help="LoRA rank when no --init is given."),
@@ -137,8 +137,13 @@ def unlearn(
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
     seed: int = typer.Option(0, "--seed"),
-    holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out set for --until-forgotten."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out set (never trained on) for --target, --until-forgotten and --loss unseen."),
     until_forgotten: bool = typer.Option(False, "--until-forgotten", help="Stop once forget EL10 and MA fall below the held-out set's."),
+    target: Optional[str] = typer.Option(None, "--target", help="Stop at a forgetting target measured like the audit: holdout or reference."),
+    reference_report: Optional[str] = typer.Option(None, "--reference-report", help="--target reference: the audit report of a retain-only model."),
+    check_every: int = typer.Option(0, "--check-every", help="--target: optimiser steps between checks (0: each epoch)."),
+    target_tokens: int = typer.Option(32, "--target-max-new-tokens", help="--target: greedy answer length for ROUGE-L (as the audit's --max-new-tokens)."),
+    train_rewordings: int = typer.Option(0, "--train-rewordings", help="Also train each forget question under N training-only wordings (never the audit's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),
     method: str = typer.Option("train", "--method", help="train (a new LoRA, --loss) or llmeraser (edit --adapter)."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="llmeraser: the fine-tuned LoRA adapter to edit."),
@@ -162,8 +167,11 @@ def unlearn(
     fine-tuned LoRA adapter with influence functions to remove, correct or modify training records."""
     from forgetkit.plugins import parse_params
     from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+    from forgetkit.stopping import TargetParams
     from forgetkit.training import TrainConfig
 
+    if reference_report and target != "reference":
+        raise ForgetkitError("--reference-report goes with --target reference")
     if method == "llmeraser":
         from forgetkit.stages.llmeraser import EraserParams, run_llmeraser
 
@@ -188,6 +196,8 @@ def unlearn(
         targets=targets,
         train=TrainConfig(lr, epochs, batch_size, micro_batch_size, weight_decay, max_grad_norm, seed),
         until_forgotten=until_forgotten,
+        target=TargetParams(target, reference_report, check_every, target_tokens) if target else None,
+        rewordings=train_rewordings,
         model_dtype=model_dtype,
         truncate=truncate,
         gradient_checkpointing=gradient_checkpointing,

@@ -51,7 +51,7 @@ class TrainResult:
     sharded_base: dict | None = None  # the DeepSpeed engine's weight layout, when it trained
 
 
-StopCheck = Callable[[int], str | None]  # epoch -> reason to stop, or None
+StopCheck = Callable[[int, int], str | None]  # (epoch, optimiser step) -> reason to stop, or None
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -61,9 +61,9 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 class RetainStream:
     """Endless shuffled retain micro-batches; reshuffled (deterministically) on every pass."""
 
-    def __init__(self, examples: Sequence[Example], micro_batch_size: int, seed: int, epoch: int):
+    def __init__(self, examples: Sequence[Example], micro_batch_size: int, seed: int, epoch: int, stream: int = 1):
         self.examples, self.size = list(examples), micro_batch_size
-        self.generator = _epoch_generator(seed, epoch, stream=1)
+        self.generator = _epoch_generator(seed, epoch, stream=stream)
         self.pending: list[list[Example]] = []
 
     def next(self) -> list[Example]:
@@ -84,6 +84,8 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     stop_check: StopCheck | None = None,
+    check_every: int = 0,
+    holdout: Sequence[Example] | None = None,
     bf16_autocast: bool = False,
     equal_passes: bool = False,
     deepspeed: bool = False,
@@ -105,11 +107,18 @@ def train(
     ``deepspeed`` trains inside a DeepSpeed engine built from the launch's config (see
     ``forgetkit.zero``): the same batches and weights, with DeepSpeed reducing the gradients,
     clipping and stepping, and writing the checkpoints (every process its partition).
+
+    ``stop_check`` runs at the end of each epoch, or every ``check_every`` optimiser steps when that
+    is positive; a reason it returns ends training there. ``holdout`` feeds losses that compare the
+    forget records with never-seen ones (``needs_holdout``): a held-out micro-batch beside each
+    forget micro-batch, drawn like the retain ones.
     """
     if config.micro_batch_size < 1 or config.batch_size < 1:
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
+    if getattr(loss_fn, "needs_holdout", False) and not holdout:
+        raise ForgetkitError(f"loss '{loss_fn.name}' needs a held-out set the model never saw (--holdout)")
     ranks = ranks_of(accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -148,21 +157,26 @@ def train(
     with progress_bar("Unlearning", steps_per_epoch * (config.epochs - start_epoch)) as advance:
         for epoch in range(start_epoch, config.epochs):
             retain_stream = RetainStream(retain, config.micro_batch_size, config.seed, epoch) if retain else None
+            holdout_stream = (RetainStream(holdout, config.micro_batch_size, config.seed, epoch, stream=2)
+                              if holdout and getattr(loss_fn, "needs_holdout", False) else None)
             for batch_examples in batches(list(forget), config.batch_size, _epoch_generator(config.seed, epoch, 0)):
                 micros = batches(batch_examples, config.micro_batch_size)
                 # Every rank walks the whole retain schedule, so micro-batch i meets the same retain
                 # micro-batch whichever rank runs it.
                 retains = [retain_stream.next() if retain_stream else None for _ in micros]
+                held_out = [holdout_stream.next() if holdout_stream else None for _ in micros]
                 terms_sum: dict[str, float] = {}
                 bad_loss = None
                 mine: list[int | None] = [i for i in range(len(micros)) if owns(i, ranks)]
                 if equal_passes:
                     mine += [None] * (math.ceil(len(micros) / ranks.world) - len(mine))
                 for position, index in enumerate(mine):
-                    micro, retain_micro = (micros[0], retains[0]) if index is None else (micros[index], retains[index])
+                    chosen = 0 if index is None else index
+                    micro, retain_micro, holdout_micro = micros[chosen], retains[chosen], held_out[chosen]
                     forget_batch = to_device(micro)
                     retain_batch = to_device(retain_micro) if retain_micro else None
-                    ctx = LossContext(model=forward_model, forget=forget_batch, retain=retain_batch, reference=reference)
+                    ctx = LossContext(model=forward_model, forget=forget_batch, retain=retain_batch, reference=reference,
+                                      holdout=to_device(holdout_micro) if holdout_micro else None)
                     with autocast():
                         terms = loss_fn(ctx)
                     weight = 0.0 if index is None else len(micro) / len(batch_examples)
@@ -200,13 +214,20 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                 log.append({"epoch": epoch + 1, "step": len(log) + 1, "grad_norm": float(grad_norm), **terms_sum})
                 advance(loss=terms_sum["loss"])
+                if stop_check is not None and check_every > 0 and len(log) % check_every == 0:
+                    stopped = stop_check(epoch + 1, len(log))
+                    model.train()  # the check evaluates in eval mode
+                    if stopped:
+                        break
+            if stopped:
+                break
             if checkpoint_dir is not None and engine:
                 engine.save_checkpoint(checkpoint_dir, epoch + 1, log)
             elif checkpoint_dir is not None:
                 with main_writes(ranks) as writer:
                     if writer:
                         _save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, trainable, log)
-            if stop_check is not None and (stopped := stop_check(epoch + 1)):
+            if stop_check is not None and check_every <= 0 and (stopped := stop_check(epoch + 1, len(log))):
                 break
             model.train()  # the stop check evaluates in eval mode
     model.eval()

@@ -233,3 +233,58 @@ def test_reference_itself_gives_forget_quality_one_and_reports_are_reusable(memo
     assert alone["results"]["model"]["tofu"].get("forget_quality") is None
     for name in ("self.md", "self.html", "self.plots/truth_ratio.png", "self.plots/mia_roc.png"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_exposure_from_the_bottom_by_hand_and_its_verdict_check():
+    from forgetkit.audit.verdict import VerdictThresholds, decide
+    from forgetkit.metrics.canary import exposure_from_bottom
+
+    assert exposure_from_bottom(9.0, [2.0] * 255) == pytest.approx(8.0)  # least likely of 256
+    assert exposure_from_bottom(1.0, [2.0] * 255) == pytest.approx(0.0)  # most likely: nothing below it
+    # 2 candidates less likely (nll 4, 5), 4 more likely: rank 3 from the bottom of 7.
+    assert exposure_from_bottom(3.0, [1.0, 2.0, 2.5, 2.9, 4.0, 5.0]) == pytest.approx(math.log2(7) - math.log2(3))
+
+    def variant(low):
+        summary = {"rouge_l": 0.0, "el10": 0.0, "canary_exposure": 0.5, "canary_exposure_low": low}
+        held_out = {"rouge_l": 0.0, "el10": 0.0, "canary_exposure": 1.0, "canary_exposure_low": 1.2}
+        return {"sets": {"forget": {"summary": summary}, "holdout": {"summary": held_out}}}
+
+    checks = {c["name"]: c for c in decide(variant(2.1), VerdictThresholds())["checks"]}
+    assert checks["forget canary exposure from the bottom (bits)"]["passed"]
+    assert checks["forget canary exposure from the bottom (bits)"]["threshold"] == pytest.approx(2.2)
+    pushed_under = decide(variant(7.9), VerdictThresholds())  # a secret pushed below all its candidates
+    assert pushed_under["verdict"] == "partially forgotten"
+    assert pushed_under["failed"] == ["forget canary exposure from the bottom (bits)"]
+
+
+def test_reference_from_a_report_names_the_model_its_statistics_came_from(tmp_path):
+    from forgetkit.audit.reference import reference_from_report
+
+    stats = {"truth_ratio": [0.4, 0.5], "mia_auc": {"loss": 0.5}}
+    common = {"kind": "forgetkit-audit-report", "inputs": {"forget": {"sha256": "a" * 64}},
+              "base_model": {"model_id": "full-model", "fingerprint": "1" * 16}}
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({**common, "results": {"model": {"reference_stats": stats}}}))
+    assert reference_from_report(plain, "a" * 64)["source"]["model"]["model_id"] == "full-model"
+    # Audited with --reference: the statistics are the reference model's, and so is the name.
+    with_reference = tmp_path / "with_reference.json"
+    with_reference.write_text(json.dumps({**common, "reference": {**stats, "source": {"model": "retain-only-model"}},
+                                          "results": {"base": {}, "unlearned": {}, "reference": {"reference_stats": stats}}}))
+    source = reference_from_report(with_reference, "a" * 64)["source"]
+    assert source["variant"] == "reference" and source["model"] == "retain-only-model"
+
+
+def test_a_secret_that_comes_out_under_an_attack_fails_the_verdict():
+    from forgetkit.audit.verdict import VerdictThresholds, decide
+
+    def variant(paraphrase_leak, relearn_leak, control_leak):
+        summary = {"rouge_l": 0.0, "el10": 0.0}
+        return {"sets": {"forget": {"summary": summary}, "holdout": {"summary": dict(summary)}},
+                "attacks": {"paraphrase": {"attacked": {"rouge_l": 0.0, "secret_leak": paraphrase_leak}},
+                            "relearn": {"forget": {"attacked": {"rouge_l": 0.0, "secret_leak": relearn_leak}},
+                                        "holdout": {"attacked": {"rouge_l": 0.0, "secret_leak": control_leak}}}}}
+
+    assert decide(variant(0.0, 0.25, 0.25), VerdictThresholds())["verdict"] == "forgotten"
+    leaked = decide(variant(0.25, 0.5, 0.25), VerdictThresholds())
+    assert leaked["verdict"] == "partially forgotten"
+    assert leaked["failed"] == ["paraphrase: forget secrets in greedy answers", "relearn: forget secrets in greedy answers"]

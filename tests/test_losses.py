@@ -65,3 +65,88 @@ def test_ga_is_negative_nll_and_kl_is_zero_at_reference():
     assert abs(kl["retain_kl"].item()) < 1e-6
     kl_far = KLRetain()(LossContext(model=model, forget=_batch(), retain=_batch(), reference=lambda b: -LOGITS))
     assert kl_far["retain_kl"].item() > 0.5
+
+
+class RecordLogits(torch.nn.Module):
+    """Logits fixed per record, looked up by the record's first token (its id in ``table``)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table.clone())
+
+    def forward(self, input_ids, attention_mask):
+        return type("Out", (), {"logits": self.table[input_ids[:, 0]]})()
+
+
+def _hand_statistics(rows, labels):
+    """Per record (mean NLL, Min-K%++ with k = 0.4) from plain Python over a logits table."""
+    nll, zs = [], []
+    for position in range(len(rows) - 1):
+        target = labels[position + 1]
+        if target == IGNORE_INDEX:
+            continue
+        p = softmax(rows[position])
+        logp = [math.log(x) for x in p]
+        mu = sum(a * b for a, b in zip(p, logp))
+        sigma = math.sqrt(sum(a * b * b for a, b in zip(p, logp)) - mu * mu)
+        nll.append(-logp[target])
+        zs.append((logp[target] - mu) / sigma)
+    lowest = sorted(zs)[: max(1, math.ceil(len(zs) * 0.4))]
+    return sum(nll) / len(nll), sum(lowest) / len(lowest)
+
+
+def _quantiles(values, count):
+    """numpy-style linear-interpolation quantiles at levels (i - 1) / (count - 1)."""
+    ordered = sorted(values)
+    out = []
+    for i in range(count):
+        h = (i / (count - 1) if count > 1 else 0.5) * (len(ordered) - 1)
+        low = math.floor(h)
+        high = min(low + 1, len(ordered) - 1)
+        out.append(ordered[low] + (h - low) * (ordered[high] - ordered[low]))
+    return out
+
+
+def test_unseen_loss_matches_hand_computation():
+    from forgetkit.losses.unseen import MatchUnseen
+
+    torch.manual_seed(3)
+    table = torch.randn(6, 4, 5) * 2  # 6 records, 4 positions, vocabulary of 5
+    labels = [[IGNORE_INDEX, IGNORE_INDEX, 1, 3], [IGNORE_INDEX, IGNORE_INDEX, 4, 0], [IGNORE_INDEX, IGNORE_INDEX, 2, 2],
+              [IGNORE_INDEX, IGNORE_INDEX, 0, 1], [IGNORE_INDEX, IGNORE_INDEX, 3, 3], [IGNORE_INDEX, 1, 2, 4]]
+
+    def batch(ids):
+        return {"input_ids": torch.tensor([[i, 0, 0, 0] for i in ids]), "attention_mask": torch.ones(len(ids), 4, dtype=torch.long),
+                "labels": torch.tensor([labels[i] for i in ids])}
+
+    forget, holdout, retain = [0, 1], [2, 3, 4], [5]
+    stats = {i: _hand_statistics(table[i].tolist(), labels[i]) for i in range(6)}
+    retain_nll = stats[5][0]
+    model = RecordLogits(table)
+    ctx = LossContext(model=model, forget=batch(forget), retain=batch(retain), holdout=batch(holdout))
+    for mode in ("quantile", "hinge"):
+        expected = 2.0 * retain_nll
+        for index, direction in ((0, 1.0), (1, -1.0)):  # nll rises to the held-out level, Min-K%++ falls to it
+            ours = sorted(stats[i][index] for i in forget)
+            target = _quantiles([stats[i][index] for i in holdout], len(ours))
+            if mode == "quantile":
+                expected += sum((a - b) ** 2 for a, b in zip(ours, target)) / len(ours)
+            else:
+                expected += sum(max(0.0, direction * (b - a)) ** 2 for a, b in zip(ours, target)) / len(ours)
+        terms = MatchUnseen(mode=mode, retain_weight=2.0)(ctx)
+        assert abs(terms["loss"].item() - expected) < 1e-4, (mode, terms["loss"].item(), expected)
+    # Only the forget side carries gradient: the held-out quantiles are a target, not a parameter path.
+    MatchUnseen()(ctx)["loss"].backward()
+    grad = model.table.grad
+    assert grad[forget].abs().sum() > 0 and grad[holdout].abs().sum() == 0
+
+
+def test_unseen_loss_is_zero_when_forget_looks_like_holdout():
+    from forgetkit.losses.unseen import MatchUnseen
+
+    table = torch.randn(2, 4, 5)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 3]] * 2)
+    same = {"input_ids": torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0]]), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+            "labels": labels}
+    terms = MatchUnseen(retain_weight=0.0)(LossContext(model=RecordLogits(table), forget=same, retain=same, holdout=same))
+    assert terms["loss"].item() < 1e-10

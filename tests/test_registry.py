@@ -199,3 +199,27 @@ def test_registry_cli_list_show_and_off(chain, tmp_path):
     off = subprocess.run([str(BIN / "forgetkit"), "registry", "list"], capture_output=True, text=True,
                          env={**env, "FORGETKIT_REGISTRY": "off"})
     assert off.returncode == 1 and "registry is off" in off.stderr
+
+
+def test_a_report_is_recorded_whatever_it_is_named(tmp_path):
+    """`forgetkit audit ... -o report` (no .json) wrote the report and then failed to record it: the
+    registry guessed the kind from the name. It reads the bytes now."""
+    from forgetkit.registry.entries import describe
+
+    report = {"kind": "forgetkit-audit-report", "created_at": "2026-12-03T00:00:00+00:00",
+              "base_model": {"model_id": "tiny", "fingerprint": "f" * 16}, "inputs": {}, "parameters": {},
+              "results": {"model": {"verdict": {"verdict": "not forgotten", "failed": ["forget ROUGE-L"]},
+                                    "sets": {"forget": {"summary": {"rouge_l": 0.9}}}}}}
+    for name in ("report", "report.out", "report.json"):
+        path = tmp_path / name
+        path.write_text(json.dumps(report, indent=2))
+        entry = describe(path)
+        assert entry.stage == "audit" and entry.base_fingerprint == "f" * 16, name
+    # A safetensors artifact named like a report is still read as one.
+    import torch
+
+    from forgetkit.artifacts import BaseModelInfo, Metadata, save_tensor_artifact
+
+    meta = Metadata(stage="fisher", base_model=BaseModelInfo(model_id="tiny", fingerprint="e" * 16))
+    save_tensor_artifact(tmp_path / "fisher.json", {"forget/w": torch.zeros(2)}, meta)
+    assert describe(tmp_path / "fisher.json").stage == "fisher"

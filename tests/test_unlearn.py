@@ -196,3 +196,32 @@ def test_gradient_checkpointing_trains_the_same_adapter(tiny_models, data_dir, f
         part = value[:rank] if "lora_A" in name else value[:, :rank]
         moved = max(moved, (part - start[name]).abs().max().item())
     assert moved > 1e-3
+
+
+def test_training_rewordings_never_use_the_audits_wording(tiny_models, data_dir, tmp_path):
+    from forgetkit.audit.attacks import PARAPHRASE_TEMPLATES, paraphrase_attack
+    from forgetkit.audit.evaluate import EvalOptions
+    from forgetkit.audit.sets import load_eval_set
+    from forgetkit.data import load_records
+    from forgetkit.wording import TRAINING_TEMPLATES, reworded
+
+    assert not set(TRAINING_TEMPLATES) & set(PARAPHRASE_TEMPLATES)
+    forget = data_dir / "forget_qa.jsonl"
+    records = load_records(str(forget))
+    assert len(reworded(records, 2)) == 3 * len(records)  # every record is a question here
+    # Trained under 2 rewordings: three times the forget examples, so three times the steps.
+    meta = run_unlearn(str(tiny_models["llama"]), str(forget), tmp_path / "out", UnlearnParams(train=FAST, rewordings=2),
+                       retain=str(data_dir / "retain_small.jsonl"))
+    assert meta.results["steps"] == 3 * 4  # 16 records, batch 8, 2 epochs -> 48 examples, 12 steps
+    templates = meta.results["forget_wording"]["templates"]
+    assert meta.results["forget_wording"]["rewordings_per_question"] == 2 and set(templates) <= set(TRAINING_TEMPLATES)
+    # The audit's paraphrase attack states both wordings and finds none of its questions among training's.
+    loaded = load_model(str(tiny_models["llama"]))
+    evalset = load_eval_set("forget", str(forget), loaded, truncate=True, canary_candidates=0, need_truth_ratio=False)
+    options = EvalOptions(max_new_tokens=4)
+    attacked = paraphrase_attack(loaded.model, loaded, evalset, options, templates)
+    assert attacked["wording"]["attacked_questions_seen_in_training"] == 0
+    assert attacked["wording"]["training"].startswith("training templates: ")
+    # Had training used the audit's own templates, every attacked question would be counted as seen.
+    leaked = paraphrase_attack(loaded.model, loaded, evalset, options, list(PARAPHRASE_TEMPLATES))
+    assert leaked["wording"]["attacked_questions_seen_in_training"] == len(records)

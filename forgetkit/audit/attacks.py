@@ -100,7 +100,11 @@ def paraphrased(records: list[Record]) -> list[Record]:
     return out
 
 
-def paraphrase_attack(model, loaded: LoadedModel, forget: EvalSet, options: EvalOptions) -> dict[str, Any]:
+def paraphrase_attack(model, loaded: LoadedModel, forget: EvalSet, options: EvalOptions,
+                      training_templates: list[str] | None = None) -> dict[str, Any]:
+    """Greedy answers to the forget questions reworded. ``training_templates`` are the wordings the
+    adapter was trained under (its metadata): the report states both sides and counts any attacked
+    question that training also saw, so a trained-on paraphrase cannot pass for an attack."""
     qa = forget.qa
     if not qa:
         return {"skipped": "the forget set has no question/answer records"}
@@ -108,10 +112,18 @@ def paraphrase_attack(model, loaded: LoadedModel, forget: EvalSet, options: Eval
     rephrased = paraphrased(records)
     encoded = encode(rephrased, loaded.tokenizer, context_length=loaded.context_length, truncate=True)
     source = "dataset" if all(r.get("paraphrased_question") for r in records) else "template"
+    trained = {t.format(question=r["question"]) for t in training_templates or [] for r in records}
     return {
         "unattacked": light_metrics(model, loaded.tokenizer, records, [forget.examples[i] for i in qa], options),
         "attacked": light_metrics(model, loaded.tokenizer, rephrased, encoded, options),
         "paraphrases": source,
+        "wording": {
+            "attack": "the dataset's paraphrased_question" if source == "dataset"
+            else "audit templates: " + " | ".join(PARAPHRASE_TEMPLATES),
+            "training": ("training templates: " + " | ".join(training_templates)) if training_templates
+            else "the forget set's own questions only",
+            "attacked_questions_seen_in_training": sum(r["question"] in trained for r in rephrased),
+        },
     }
 
 

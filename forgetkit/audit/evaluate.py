@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from forgetkit.audit.sets import EvalSet
 from forgetkit.distributed import Ranks, gather_objects
 from forgetkit.metrics import tofu
-from forgetkit.metrics.canary import exposure
+from forgetkit.metrics.canary import exposure, exposure_from_bottom
 from forgetkit.metrics.likelihood import shared_prompt_nll
 from forgetkit.metrics.extraction import (
     exact_memorisation,
@@ -43,6 +43,7 @@ class EvalOptions:
     generation_batch_size: int = 32
     include_examples: bool = False
     ranks: Ranks = Ranks(0, 1)  # with several processes each evaluates every N-th record
+    generate: bool = True  # False: teacher-forced numbers only (no ROUGE-L, no EL_n); a stopping rule's cheap pass
 
 
 def mean_nll(per_token: list[dict[str, list[float]]]) -> list[float]:
@@ -87,11 +88,13 @@ def truth_ratios(model, pad: int, evalset: EvalSet, options: EvalOptions) -> dic
     return out
 
 
-def canary_exposures(model, pad: int, evalset: EvalSet, options: EvalOptions) -> list[float | None]:
+def canary_exposures(model, pad: int, evalset: EvalSet, options: EvalOptions) -> tuple[list[float | None], list[float | None]]:
+    """Each secret's exposure from the top and from the bottom of its candidates' ranking."""
     jobs = evalset.canaries
-    values: list[float | None] = [None] * len(evalset.records)
+    top: list[float | None] = [None] * len(evalset.records)
+    bottom: list[float | None] = [None] * len(evalset.records)
     if jobs is None:
-        return values
+        return top, bottom
     flat = [e for group in jobs.candidates for e in group]
     # Whole-record log-likelihood: candidates may tokenise to different lengths, so sums, not means.
     totals = [sum(t["nll"]) for t in teacher_forced(model, flat, pad, options.batch_size, detailed=False)]
@@ -99,8 +102,9 @@ def canary_exposures(model, pad: int, evalset: EvalSet, options: EvalOptions) ->
     for record_index, group in zip(jobs.records, jobs.candidates):
         scores = totals[offset : offset + len(group)]
         offset += len(group)
-        values[record_index] = exposure(scores[0], scores[1:])
-    return values
+        top[record_index] = exposure(scores[0], scores[1:])
+        bottom[record_index] = exposure_from_bottom(scores[0], scores[1:])
+    return top, bottom
 
 
 @torch.no_grad()
@@ -139,12 +143,13 @@ def _per_record(
         "es": extraction_strength(forced),
     }
     answers: list[str] = []
-    if suites & {"extraction", "tofu"}:
+    if suites & {"extraction", "tofu"} and options.generate:
         per["rouge_l"], answers = answer_rouge(model, tokenizer, evalset, options)
     if "extraction" in suites:
-        el = extraction_likelihood(model, tokenizer, evalset.examples, ns=(5, 10), batch_size=options.generation_batch_size)
-        per["el5"], per["el10"] = el[5], el[10]
-        per["canary_exposure"] = canary_exposures(model, pad, evalset, options)
+        if options.generate:
+            el = extraction_likelihood(model, tokenizer, evalset.examples, ns=(5, 10), batch_size=options.generation_batch_size)
+            per["el5"], per["el10"] = el[5], el[10]
+        per["canary_exposure"], per["canary_exposure_low"] = canary_exposures(model, pad, evalset, options)
     if "tofu" in suites:
         ratios = truth_ratios(model, pad, evalset, options)
         per["truth_ratio"] = ratios["truth_ratio"]

@@ -42,4 +42,9 @@ def reference_from_report(path: str | Path, forget_sha256: str) -> dict[str, Any
     stats = results[name].get("reference_stats") or {}
     if not stats.get("truth_ratio") and not stats.get("mia_auc"):
         raise ForgetkitError(f"{path}: the report has neither truth ratios (suite tofu) nor MIA AUCs (suite mia)")
-    return {**stats, "source": {"report": str(path), "variant": name, "model": report.get("base_model")}}
+    # The model the statistics describe: the report's own model, or the reference model it was given.
+    if name == "reference":
+        model = ((report.get("reference") or {}).get("source") or {}).get("model")
+    else:
+        model = report.get("base_model")
+    return {**stats, "source": {"report": str(path), "variant": name, "model": model}}

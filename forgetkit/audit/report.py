@@ -24,6 +24,7 @@ SET_METRICS = (
     ("probability", "probability"),
     ("truth_ratio", "truth ratio"),
     ("canary_exposure", "canary exposure (bits)"),
+    ("canary_exposure_low", "canary exposure from the bottom (bits)"),
     ("nll", "mean NLL"),
     ("perplexity", "perplexity"),
     ("records", "records"),

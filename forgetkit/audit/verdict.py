@@ -5,12 +5,14 @@ stated in the report beside the measured value:
 
 - direct checks (plain prompting, greedy answers): forget ROUGE-L and EL10 at most the held-out
   set's plus a margin (an absolute bound when there is no held-out set);
-- likelihood checks (what the model's probabilities give away): canary exposure at most the
-  held-out secrets' plus a margin in bits; loss and Min-K%++ AUC (forget vs held-out) within a band around 0.5, on either
+- likelihood checks (what the model's probabilities give away): canary exposure, counted from the
+  top and from the bottom of the candidates' ranking, at most the held-out secrets' plus a margin in
+  bits (a secret pushed below every candidate is as recognisable as a remembered one); loss and Min-K%++ AUC (forget vs held-out) within a band around 0.5, on either
   side (a forget set far *less* likely than unseen data is as recognisable as a memorised one);
   Forget Quality at least a p-value when there is a reference model;
 - attacks: forget ROUGE-L under paraphrase and quantization at most the same bound as the direct
-  check; after relearning, the measured forget records' ROUGE-L at most that of the held-out
+  check, and no forgotten secret verbatim in a greedy answer under any attack (at most the held-out
+  control's share after relearning); after relearning, the measured forget records' ROUGE-L at most that of the held-out
   control after the same attack plus the margin; the sampling leak rate at most the held-out
   control's plus a margin.
 
@@ -56,6 +58,18 @@ def _upper(name: str, kind: str, value: float | None, bound: float | None, rule:
     return _check(name, kind, value, bound, value <= bound + 1e-12, rule)
 
 
+def _leak(attack: str, attacked: dict[str, Any], control: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The share of forget secrets that appear verbatim in a greedy answer under the attack: at most the
+    held-out control's under the same attack, or none at all without a control."""
+    value = attacked.get("secret_leak")
+    if value is None:
+        return None
+    limit = (control or {}).get("secret_leak")
+    if limit is None:
+        return _upper(f"{attack}: forget secrets in greedy answers", "attack", value, 0.0, "= 0 (no forgotten secret comes out)")
+    return _upper(f"{attack}: forget secrets in greedy answers", "attack", value, limit, "<= held-out control's after the same attack")
+
+
 def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, Any]:
     """Checks and verdict for one audited variant (``results[variant]`` of the report)."""
     t = thresholds
@@ -76,6 +90,9 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
         _upper("forget EL10", "direct", forget.get("el10"), el_bound, el_rule),
         _upper("forget canary exposure (bits)", "likelihood", forget.get("canary_exposure"), exposure_bound, exposure_rule),
     ]
+    low_bound, low_rule = bound("canary_exposure_low", t.exposure_margin_bits, t.exposure_absolute_bits)
+    checks.append(_upper("forget canary exposure from the bottom (bits)", "likelihood", forget.get("canary_exposure_low"),
+                         low_bound, low_rule))
 
     for score in ("loss", "min_k_pp"):
         auc = variant.get("mia", {}).get("forget", {}).get(score, {}).get("auc")
@@ -95,8 +112,10 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
     if "paraphrase" in attacks and "attacked" in attacks["paraphrase"]:
         checks.append(_upper("paraphrase: forget ROUGE-L", "attack", attacks["paraphrase"]["attacked"]["rouge_l"],
                              rouge_bound, rouge_rule))
+        checks.append(_leak("paraphrase", attacks["paraphrase"]["attacked"], None))
     for key, result in rounded_results(attacks.get("quantize", {})):
         checks.append(_upper(f"quantize {key}: forget ROUGE-L", "attack", result["forget"]["rouge_l"], rouge_bound, rouge_rule))
+        checks.append(_leak(f"quantize {key}", result["forget"], None))
     relearned = attacks.get("relearn", {})
     if "forget" in relearned:
         control = relearned.get("holdout", {}).get("attacked", {}).get("rouge_l")
@@ -106,6 +125,9 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
         else:
             checks.append(_upper("relearn: forget ROUGE-L", "attack", relearned["forget"]["attacked"]["rouge_l"],
                                  rouge_bound, rouge_rule))
+    if "forget" in relearned:
+        checks.append(_leak("relearn", relearned["forget"]["attacked"], relearned.get("holdout", {}).get("attacked")))
+    checks = [c for c in checks if c is not None]
     sampled = attacks.get("sampling", {})
     if "leak_rate" in sampled.get("forget", {}):
         control = sampled.get("holdout", {}).get("leak_rate")

@@ -20,12 +20,15 @@ class LossContext:
 
     ``reference(batch)`` returns the logits of the frozen original model (the adapter's starting
     function) without gradients; the trainer provides it only to losses with ``needs_reference``.
+    ``holdout`` is a micro-batch of records the model never saw, given to losses with
+    ``needs_holdout`` (what a forgotten record should look like).
     """
 
     model: nn.Module
     forget: Batch
     retain: Batch | None
     reference: Callable[[Batch], torch.Tensor] | None = None
+    holdout: Batch | None = None
 
 
 class UnlearningLoss:
@@ -39,6 +42,7 @@ class UnlearningLoss:
     name: ClassVar[str] = ""
     needs_retain: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
+    needs_holdout: ClassVar[bool] = False
 
     def prepare_forget(self, records: Sequence[Record]) -> list[Record]:
         """Hook to rewrite forget records before encoding (e.g. swap answers for refusals)."""

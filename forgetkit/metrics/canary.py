@@ -3,7 +3,10 @@
 A record with a ``secret`` field holds that string in its answer (or text). The secret is ranked by
 the model's log-likelihood of the whole record among candidates of the same format, and
 exposure = log2(#candidates) - log2(rank): log2(#candidates) bits when the true secret is the most
-likely, about 1 bit for a secret the model never saw.
+likely, about 1 bit for a secret the model never saw. Exposure *from the bottom* is the same count
+from the other end (rank among the candidates ordered least likely first): an unlearning method that
+pushes a secret far below every candidate makes it as recognisable as one it still remembers, and a
+never-seen secret sits about 1 bit from either end.
 
 Candidates keep the secret's shape: every digit is replaced by a random digit; when the secret has
 no digits, every letter by a random letter of the same case. A record may instead list its own
@@ -74,4 +77,10 @@ def candidate_records(record: Record, count: int) -> list[Record]:
 def exposure(true_nll: float, candidate_nlls: list[float]) -> float:
     """log2(n) - log2(rank), rank 1 + the candidates strictly more likely than the secret."""
     rank = 1 + sum(nll < true_nll for nll in candidate_nlls)
+    return math.log2(len(candidate_nlls) + 1) - math.log2(rank)
+
+
+def exposure_from_bottom(true_nll: float, candidate_nlls: list[float]) -> float:
+    """log2(n) - log2(rank from the bottom), rank 1 + the candidates strictly *less* likely."""
+    rank = 1 + sum(nll > true_nll for nll in candidate_nlls)
     return math.log2(len(candidate_nlls) + 1) - math.log2(rank)

@@ -64,13 +64,25 @@ def audit_summary(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _is_report(path: Path) -> bool:
+    """An audit report (JSON) rather than a safetensors or GGUF artifact, told by the bytes, not the
+    name: a stage's output may be called anything (``-o report`` writes a report without ``.json``)."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"GGUF":
+        return False
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
+        return False
+    return head.lstrip()[:1] == b"{"
+
+
 def describe(path: str | Path) -> Entry:
     """Read an artifact's own metadata (or an audit report) and hash its files."""
     path = Path(path).resolve()
     if not path.exists():
         raise ForgetkitError(f"{path}: no such file or folder")
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if path.is_file() and path.suffix == ".json":
+    if path.is_file() and _is_report(path):
         report = read_report(path)
         inputs = dict(report.get("inputs", {}))
         if report.get("adapter"):

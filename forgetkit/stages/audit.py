@@ -77,6 +77,7 @@ class Variant:
     model: torch.nn.Module
     context: Callable[[], Any]
     materialise: Callable[[], torch.nn.Module]  # a fresh plain copy, for attacks that change weights
+    training_templates: list[str] | None = None  # the wordings its adapter was trained under (paraphrase attack)
 
 
 def _check_suites(requested: tuple[str, ...], explicit: bool, sets: dict[str, EvalSet]) -> tuple[str, ...]:
@@ -103,11 +104,12 @@ def _variants(loaded: LoadedModel, model_ref: str, adapter: str | None, params: 
 
     if adapter is None:
         return [Variant("model", loaded.model, nullcontext, fresh_base)]
-    check_artifact(adapter, "unlearn", loaded.info)
+    adapter_meta = check_artifact(adapter, "unlearn", loaded.info)
     peft_model = PeftModel.from_pretrained(loaded.model, adapter)
     peft_model.eval()
+    templates = (adapter_meta.results.get("forget_wording") or {}).get("templates") or None
     unlearned = Variant("unlearned", peft_model, nullcontext,
-                        lambda: PeftModel.from_pretrained(fresh_base(), adapter).merge_and_unload())
+                        lambda: PeftModel.from_pretrained(fresh_base(), adapter).merge_and_unload(), templates)
     if params.skip_base:
         return [unlearned]
     return [Variant("base", peft_model, peft_model.disable_adapter, fresh_base), unlearned]
@@ -143,7 +145,7 @@ def audit_variant(variant: Variant, loaded: LoadedModel, sets: dict[str, EvalSet
                 advance()
                 continue
             if attack == "paraphrase":
-                attacks[attack] = paraphrase_attack(variant.model, loaded, sets["forget"], options)
+                attacks[attack] = paraphrase_attack(variant.model, loaded, sets["forget"], options, variant.training_templates)
             elif attack == "quantize":
                 kept = {k: v for k, v in sets.items() if k in ("forget", "retain")}
                 attacks[attack] = quantize_attack(variant.model, variant.materialise, loaded, kept, options, params.attack,

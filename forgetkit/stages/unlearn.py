@@ -14,11 +14,14 @@ from forgetkit.adapters import add_reference_adapter, build_peft_model, load_ini
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
 from forgetkit.distributed import gather_objects, main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
+from forgetkit.data import load_records
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, enable_gradient_checkpointing, load_model
 from forgetkit.plugins import load_loss
 from forgetkit.stages.common import load_examples, table
+from forgetkit.stopping import TargetMonitor, TargetParams
+from forgetkit.wording import reworded, used_templates
 from forgetkit.training import TrainConfig, train
 from forgetkit.zero import deepspeed_requested, gathered
 
@@ -34,6 +37,8 @@ class UnlearnParams:
     targets: str = "all"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     until_forgotten: bool = False
+    target: TargetParams | None = None  # stop at a forgetting target measured like the audit (forgetkit.stopping)
+    rewordings: int = 0  # each forget question also trained under this many training-only wordings
     model_dtype: str = "auto"
     truncate: bool = False
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass
@@ -67,12 +72,19 @@ def run_unlearn(
     loss_fn = load_loss(params.loss, params.loss_params)
     if params.until_forgotten and holdout is None:
         raise ForgetkitError("--until-forgotten needs a held-out set (--holdout) to compare against")
+    if params.target is not None and holdout is None:
+        raise ForgetkitError(f"--target {params.target.name} needs a held-out set (--holdout) to compare against")
+    if params.target is not None and params.until_forgotten:
+        raise ForgetkitError("give either --until-forgotten or --target, not both (--target holdout is the complete rule)")
     registry.ensure_ready()
     accelerator = make_accelerator()
     ranks = ranks_of(accelerator)
     # FSDP splits the base here; DeepSpeed's engine partitions it (ZeRO-3) when training starts.
     in_deepspeed = deepspeed_requested()
     sharded = sharded_base_requested() and ranks.world > 1 and not in_deepspeed
+    if params.target is not None and (sharded or in_deepspeed):
+        raise ForgetkitError("--target is not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet; "
+                             "use --until-forgotten there, or a data-parallel launch")
     # A split base is built on the host and split before it reaches the device: no process ever
     # holds the whole model in device memory.
     load_device = torch.device("cpu") if sharded or in_deepspeed else accelerator.device
@@ -80,7 +92,12 @@ def run_unlearn(
                         runs_on=accelerator.device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
 
-    _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=loss_fn.prepare_forget)
+    _, forget_examples = load_examples(
+        forget, loaded, truncate=params.truncate,
+        prepare=lambda records: loss_fn.prepare_forget(reworded(records, params.rewordings)))
+    # Which wordings training saw, so the audit can say its paraphrase attack used none of them.
+    wording = {"rewordings_per_question": params.rewordings,
+               "templates": used_templates(load_records(forget), params.rewordings)}
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else None
     holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)[1] if holdout else None
     # The stopping rule measures the original forget targets, not a loss's rewritten ones (idk).
@@ -110,7 +127,14 @@ def run_unlearn(
         if writer:
             _guard_resume(checkpoints, params, resume)
 
-    def stop_check(epoch: int) -> str | None:
+    monitor = None
+    if params.target is not None:
+        monitor = TargetMonitor(model, loaded, forget, holdout, params.target, input_record(forget).get("sha256", ""),
+                                ranks, truncate=params.truncate)
+
+    def stop_check(epoch: int, step: int) -> str | None:
+        if monitor is not None:
+            return monitor(epoch, step)
         if not params.until_forgotten:
             return None
         # Every process measures the whole status (with a split base all must run the same passes);
@@ -135,11 +159,21 @@ def run_unlearn(
         checkpoint_dir=checkpoints,
         resume=resume,
         stop_check=stop_check,
+        check_every=params.target.check_every if params.target else 0,
+        holdout=holdout_examples,
         # Every forward pass of a split base gathers weights across processes: all take the same number.
         equal_passes=sharded or in_deepspeed,
         deepspeed=in_deepspeed,
     )
     sharding = sharding or result.sharded_base
+    target_record = None
+    if monitor is not None:
+        if result.stopped_early is None and (not monitor.evaluations or monitor.evaluations[-1]["step"] != result.steps):
+            monitor(result.epochs_run, result.steps)  # the final weights are a candidate too
+        restored = monitor.restore_best(result.steps)
+        target_record = monitor.record(result.stopped_early, result.steps, restored)
+        if ranks.is_main:
+            console.print(target_record["stopped"])
     model = accelerator.unwrap_model(model)
     final = result.log[-1] if result.log else {}
     metadata = Metadata(
@@ -164,6 +198,8 @@ def run_unlearn(
             "processes": ranks.world,
             "sharded_base": sharding,  # blocks, and the weight bytes one process held against the whole model's
             "checkpointed_blocks": checkpointed,
+            "target": target_record,
+            "forget_wording": wording,
         },
     )
     adapter_weights = [p for name, p in model.named_parameters() if "lora_" in name]

@@ -1,0 +1,107 @@
+"""``unseen``: an unlearning loss whose optimum is "looks never seen", not "as unlikely as possible".
+
+IHL, GA and NPO keep lowering the forget records' likelihood for as long as they run, past the level
+of data the model never saw, and a membership-inference attacker then finds the forget set by how
+*unlikely* it is. This loss instead matches the distribution of per-record membership scores of the
+forget records to that of held-out records, under the model being trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from forgetkit.errors import ForgetkitError
+from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of, mean_nll, shift
+from forgetkit.metrics.mia import MIN_K
+
+STATISTICS = ("nll", "min_k_pp")
+MODES = ("quantile", "hinge")
+
+
+def record_statistics(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN_K) -> dict[str, torch.Tensor]:
+    """Per record: mean target-token NLL, and the Min-K%++ score (mean of the lowest k share of the
+    tokens' z-scores, z = (log p(x) - mu) / sigma under the model's own distribution), as the audit's
+    membership inference computes them, here differentiable."""
+    logits, targets, mask = shift(logits, labels)
+    log_probs = logits.log_softmax(-1)
+    chosen = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    probs = log_probs.exp()
+    mu = (probs * log_probs).sum(-1)
+    sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+    zscore = (chosen - mu) / sigma
+    counts = mask.sum(1).clamp(min=1)
+    nll = -(chosen * mask).sum(1) / counts
+    lowest = []
+    for row in range(zscore.shape[0]):
+        values = zscore[row][mask[row]]
+        if values.numel() == 0:
+            lowest.append(zscore.new_zeros(()))
+            continue
+        count = max(1, int(torch.ceil(torch.tensor(values.numel() * k)).item()))
+        lowest.append(torch.topk(values, count, largest=False).values.mean())
+    return {"nll": nll, "min_k_pp": torch.stack(lowest)}
+
+
+def matched_quantiles(reference: torch.Tensor, count: int) -> torch.Tensor:
+    """The reference sample's quantiles at levels (i - 1) / (count - 1), i = 1..count (the median for
+    one), linear interpolation: for samples of equal size, exactly the reference sorted, so pairing
+    the sorted samples is the one-dimensional optimal transport and a forget batch distributed like
+    the held-out one costs nothing."""
+    if count == 1:
+        levels = torch.full((1,), 0.5, dtype=reference.dtype, device=reference.device)
+    else:
+        levels = torch.linspace(0.0, 1.0, count, dtype=reference.dtype, device=reference.device)
+    return torch.quantile(reference, levels)
+
+
+@dataclasses.dataclass
+class MatchUnseen(UnlearningLoss):
+    """Match the forget records' membership scores to never-seen records' (forgetkit's calibrated loss).
+
+    For each statistic S in ``statistics`` (per-record mean NLL; Min-K%++ score), with s_(1) <= ... <=
+    s_(n) the forget micro-batch's values sorted and q_i the held-out micro-batch's (i - 1)/(n - 1)
+    quantile under the current model (no gradient through q; the median when n = 1):
+
+        quantile mode:  L_S = (1/n) sum_i (s_(i) - q_i)^2        (sorted quantile matching)
+        hinge mode:     L_S = (1/n) sum_i relu(d_S (q_i - s_(i)))^2,  d_nll = +1, d_min_k_pp = -1
+
+    Loss = sum_S L_S + retain_weight * retain NLL. The quantile mode's minimum is reached exactly when
+    the forget scores are distributed like held-out ones: it pulls an over-forgotten record back as
+    hard as it pushes a remembered one. The hinge mode only pushes until the held-out level.
+    """
+
+    name = "unseen"
+    needs_holdout = True
+    mode: str = "quantile"
+    statistics: str = "nll,min_k_pp"
+    retain_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ForgetkitError(f"loss 'unseen': mode must be one of {', '.join(MODES)}, not '{self.mode}'")
+        self.chosen = [s.strip() for s in str(self.statistics).split(",") if s.strip()]
+        unknown = [s for s in self.chosen if s not in STATISTICS]
+        if unknown or not self.chosen:
+            raise ForgetkitError(f"loss 'unseen': statistics must be among {', '.join(STATISTICS)}")
+
+    def __call__(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        forget = record_statistics(logits_of(ctx.model, ctx.forget), ctx.forget["labels"])
+        with torch.no_grad():
+            unseen = record_statistics(logits_of(ctx.model, ctx.holdout), ctx.holdout["labels"])
+        terms: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=forget["nll"].device)
+        for stat in self.chosen:
+            ours = forget[stat].sort().values
+            target = matched_quantiles(unseen[stat].float(), ours.numel()).to(ours.dtype)
+            if self.mode == "quantile":
+                term = (ours - target).square().mean()
+            else:
+                direction = 1.0 if stat == "nll" else -1.0  # NLL should rise to the level; Min-K%++ fall to it
+                term = torch.relu(direction * (target - ours)).square().mean()
+            terms[f"match_{stat}"] = term
+            terms[f"gap_{stat}"] = (ours.mean() - unseen[stat].mean()).detach()
+            total = total + term
+        retain = mean_nll(logits_of(ctx.model, ctx.retain), ctx.retain["labels"])
+        return {"loss": total + self.retain_weight * retain, **terms, "retain_nll": retain}

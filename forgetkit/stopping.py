@@ -1,0 +1,165 @@
+"""Stopping at a forgetting target, measured the way the audit measures it (``unlearn --target``).
+
+Unlearning losses keep pushing the forget records' likelihood down for as long as they run, and a
+forget set made *less* likely than data the model never saw is as recognisable as a remembered one.
+The target says where to stop:
+
+- ``holdout``: the forget set looks like the held-out set (never trained on) to the audit's own
+  checks: loss and Min-K%++ membership AUCs within 0.5 +- band, canary exposure at the held-out
+  level counted from the top *and* the bottom of the candidates' ranking, and (greedy generation)
+  ROUGE-L and EL10 at the held-out level;
+- ``reference``: the same, plus Forget Quality (the KS p-value of the forget set's truth ratios
+  against a retain-only reference model's, read from that model's audit report) at least the
+  audit's bound.
+
+Every ``check_every`` optimiser steps (or at each epoch's end) the monitor runs the audit's
+evaluation code on the forget and held-out sets: first the teacher-forced pass alone (likelihoods,
+canary ranks, truth ratios: cheap), then, only when every check it can decide holds, greedy
+generation for the rest. The verdict is the audit's ``decide`` on those numbers, so "stopped because
+the checks held" means an audit of that adapter with the same options passes the same checks.
+
+The best state seen is kept (a copy of the adapter's weights in host memory): when the target is
+never reached, training ends on the evaluation that failed fewest checks, not on the last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from forgetkit.audit import aggregate
+from forgetkit.audit.evaluate import EvalOptions, evaluate_set
+from forgetkit.audit.reference import reference_from_report
+from forgetkit.audit.sets import load_eval_set
+from forgetkit.audit.verdict import VerdictThresholds, decide
+from forgetkit.console import console
+from forgetkit.distributed import Ranks
+from forgetkit.errors import ForgetkitError
+from forgetkit.models import LoadedModel
+
+TARGETS = ("holdout", "reference")
+
+
+@dataclasses.dataclass
+class TargetParams:
+    name: str = "holdout"
+    reference_report: str | None = None
+    check_every: int = 0  # optimiser steps between checks; 0: at the end of each epoch
+    max_new_tokens: int = 32  # greedy answers for ROUGE-L (the audit's --max-new-tokens)
+    canary_candidates: int = 63
+    thresholds: VerdictThresholds = dataclasses.field(default_factory=VerdictThresholds)
+
+
+def _shortfall(check: dict[str, Any]) -> float:
+    """How far a failed check is from passing, in its own units (a tie-breaker between evaluations)."""
+    value, bound = check["value"], check["threshold"]
+    if check["passed"] or value is None or bound is None:
+        return 0.0
+    if check["name"].startswith("MIA"):
+        return abs(value - 0.5) - bound
+    if check["name"] == "Forget Quality":
+        return bound - value
+    return value - bound
+
+
+class TargetMonitor:
+    """Evaluates the model in training against the target; decides when to stop; keeps the best state."""
+
+    def __init__(self, model: torch.nn.Module, loaded: LoadedModel, forget: str, holdout: str, params: TargetParams,
+                 forget_sha256: str, ranks: Ranks = Ranks(0, 1), truncate: bool = False):
+        if params.name not in TARGETS:
+            raise ForgetkitError(f"--target must be one of {', '.join(TARGETS)}, not '{params.name}'")
+        if params.check_every < 0:
+            raise ForgetkitError("--check-every must be 0 (each epoch) or a positive number of steps")
+        self.model, self.loaded, self.params = model, loaded, params
+        self.reference = None
+        if params.name == "reference":
+            if not params.reference_report:
+                raise ForgetkitError("--target reference needs --reference-report REPORT (an audit of a retain-only model)")
+            # Refuses a report made on another forget set.
+            self.reference = reference_from_report(params.reference_report, forget_sha256)
+            if not self.reference.get("truth_ratio"):
+                raise ForgetkitError(f"{params.reference_report}: the reference report has no truth ratios (audit it with the tofu suite)")
+        need_ratio = self.reference is not None
+        self.sets = {
+            role: load_eval_set(role, path, loaded, truncate=truncate, canary_candidates=params.canary_candidates,
+                                need_truth_ratio=need_ratio and role == "forget")
+            for role, path in (("forget", forget), ("holdout", holdout))
+        }
+        if need_ratio and self.sets["forget"].truth_ratio is None:
+            raise ForgetkitError(f"{forget}: --target reference needs forget records with 'perturbed_answer' fields (as in TOFU)")
+        suites = ("extraction", "mia") + (("tofu",) if need_ratio else ())
+        self.options = EvalOptions(suites=suites, max_new_tokens=params.max_new_tokens, ranks=ranks)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.evaluations: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_state: list[torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ measuring
+
+    def measure(self, generate: bool) -> dict[str, Any]:
+        """The audit's numbers and checks for the current weights (generation only when asked)."""
+        options = dataclasses.replace(self.options, generate=generate)
+        variant: dict[str, Any] = {"sets": {role: evaluate_set(self.model, self.loaded.tokenizer, evalset, options)
+                                            for role, evalset in self.sets.items()}}
+        variant["mia"] = aggregate.membership(variant["sets"])
+        variant["tofu"] = aggregate.compare_with_reference(variant, self.reference) if self.reference else {}
+        variant["verdict"] = decide(variant, self.params.thresholds)
+        return variant
+
+    def __call__(self, epoch: int, step: int) -> str | None:
+        likelihood = self.measure(generate=False)
+        checks = likelihood["verdict"]["checks"]
+        stage, final = "likelihood", likelihood
+        if all(c["passed"] is not False for c in checks):
+            stage, final = "full", self.measure(generate=True)  # near the target: greedy answers too
+        verdict = final["verdict"]
+        ran = [c for c in verdict["checks"] if c["passed"] is not None]
+        entry = {
+            "epoch": epoch, "step": step, "stage": stage,
+            "failed": verdict["failed"],
+            "values": {c["name"]: c["value"] for c in ran},
+            # Ranked on the checks every evaluation decides (the likelihood ones), so a cheap and a full
+            # evaluation compare like with like.
+            "score": (len([c for c in checks if c["passed"] is False]), sum(_shortfall(c) for c in checks)),
+        }
+        self.evaluations.append(entry)
+        reached = stage == "full" and not verdict["failed"]
+        if reached or self.best is None or entry["score"] < self.best["score"]:
+            self.best = entry
+            self.best_state = [p.detach().to("cpu", copy=True) for p in self.trainable]
+        failed = ", ".join(verdict["failed"]) or "none"
+        console.print(f"step {step} (epoch {epoch}), {stage} check: failed {failed}")
+        if reached:
+            return f"target '{self.params.name}' reached at step {step} (epoch {epoch}): every check held"
+        return None
+
+    def restore_best(self, last_step: int) -> bool:
+        """Put the best state's weights back when training ended elsewhere; True if it did."""
+        if self.best is None or self.best_state is None or self.best["step"] == last_step:
+            return False
+        with torch.no_grad():
+            for param, saved in zip(self.trainable, self.best_state):
+                param.copy_(saved.to(param.device, param.dtype))
+        return True
+
+    def record(self, stopped: str | None, last_step: int, restored: bool) -> dict[str, Any]:
+        """What the adapter's metadata says about the target, the checks and why training stopped."""
+        best = dict(self.best or {})
+        best.pop("score", None)
+        return {
+            "target": self.params.name,
+            "reference_report": self.params.reference_report,
+            "check_every": self.params.check_every or "epoch",
+            "max_new_tokens": self.params.max_new_tokens,
+            "canary_candidates": self.params.canary_candidates,
+            "thresholds": dataclasses.asdict(self.params.thresholds),
+            "reached": stopped is not None,
+            "stopped": stopped or f"target not reached by step {last_step}; kept the best evaluation (step {best.get('step')})",
+            "kept_step": best.get("step"),
+            "restored_best": restored,
+            "kept_checks": {"failed": best.get("failed"), "values": best.get("values"), "stage": best.get("stage")},
+            "evaluations": [{k: v for k, v in e.items() if k != "score"} for e in self.evaluations],
+        }

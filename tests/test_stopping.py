@@ -1,0 +1,98 @@
+"""unlearn --target: stopping where the audit's checks first hold, keeping the best state, refusals."""
+
+import json
+
+import pytest
+from peft import PeftModel
+
+from forgetkit.audit.verdict import VerdictThresholds
+from forgetkit.errors import ForgetkitError
+from forgetkit.models import load_model
+from forgetkit.stages.audit import AuditParams, run_audit
+from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+from forgetkit.stopping import TargetMonitor, TargetParams
+from forgetkit.training import TrainConfig
+
+# IHL from plain LoRA on the memorised quickstart model at a high step, so the target comes in a few
+# dozen steps. The canary margin is wide open: IHL leaves the secrets ranked first among their
+# candidates for long after the rest is forgotten (see BENCHMARKS.md), and this test is about the rule.
+REACHABLE = VerdictThresholds(exposure_margin_bits=6.0, mia_auc_band=0.2)
+TRAIN = TrainConfig(lr=3e-3, epochs=8, batch_size=4, micro_batch_size=4, seed=0)
+
+
+def _unlearn(memorised, out, thresholds, train=TRAIN, every=2):
+    params = UnlearnParams(loss="ihl", train=train, target=TargetParams("holdout", check_every=every, thresholds=thresholds))
+    return run_unlearn(str(memorised / "model"), str(memorised / "forget.jsonl"), out, params,
+                       retain=str(memorised / "retain.jsonl"), holdout=str(memorised / "holdout.jsonl"))
+
+
+def _audit(memorised, adapter, out, thresholds):
+    report = run_audit(str(memorised / "model"), out,
+                       AuditParams(suites=("extraction", "mia"), max_new_tokens=32, canary_candidates=63,
+                                   thresholds=thresholds, skip_base=True),
+                       forget=str(memorised / "forget.jsonl"), holdout=str(memorised / "holdout.jsonl"), adapter=str(adapter))
+    return report["results"]["unlearned"]["verdict"]
+
+
+def test_target_stops_at_the_step_where_the_audit_checks_first_hold(memorised, tmp_path):
+    meta = _unlearn(memorised, tmp_path / "adapter", REACHABLE)
+    target = meta.results["target"]
+    assert target["reached"] and target["stopped"].startswith("target 'holdout' reached at step")
+    evaluations = target["evaluations"]
+    stop = evaluations[-1]
+    assert stop["stage"] == "full" and stop["failed"] == [] and stop["step"] == meta.results["steps"]
+    assert stop["step"] < TRAIN.epochs * 5  # 20 forget records in batches of 4: 5 steps an epoch
+    # Every earlier evaluation failed a check: this is the first step (of those checked) where all hold.
+    assert all(e["failed"] for e in evaluations[:-1]) and len(evaluations) == stop["step"] // 2
+    # The audit of the written adapter, with the same options, passes the same checks with the same numbers.
+    verdict = _audit(memorised, tmp_path / "adapter", tmp_path / "report.json", REACHABLE)
+    assert verdict["failed"] == []
+    audited = {c["name"]: c["value"] for c in verdict["checks"] if c["passed"] is not None}
+    assert set(audited) == set(stop["values"])
+    for name, value in stop["values"].items():
+        assert audited[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_target_not_reached_keeps_the_best_evaluation_not_the_last(memorised, tmp_path):
+    # A canary bound no model can meet (exposure <= held-out - 3 bits): the target is never reached, and
+    # IHL at this step carries the MIA AUCs through 0.5 and out the other side, so the last state is not
+    # the best one.
+    unreachable = VerdictThresholds(exposure_margin_bits=-3.0, mia_auc_band=0.1)
+    train = TrainConfig(lr=6e-3, epochs=6, batch_size=4, micro_batch_size=4, seed=0)
+    meta = _unlearn(memorised, tmp_path / "adapter", unreachable, train=train, every=3)
+    target = meta.results["target"]
+    assert not target["reached"] and target["restored_best"]
+    kept = next(e for e in target["evaluations"] if e["step"] == target["kept_step"])
+    last = target["evaluations"][-1]
+    assert kept["step"] < last["step"] == meta.results["steps"]
+    assert len(kept["failed"]) <= len(last["failed"])
+    # The written adapter is the kept state: measured again, it gives the kept evaluation's numbers.
+    loaded = load_model(str(memorised / "model"))
+    model = PeftModel.from_pretrained(loaded.model, str(tmp_path / "adapter"))
+    monitor = TargetMonitor(model, loaded, str(memorised / "forget.jsonl"), str(memorised / "holdout.jsonl"),
+                            TargetParams("holdout", thresholds=unreachable), "")
+    again = monitor.measure(generate=kept["stage"] == "full")
+    values = {c["name"]: c["value"] for c in again["verdict"]["checks"] if c["passed"] is not None}
+    for name, value in kept["values"].items():
+        assert values[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_reference_target_refuses_a_report_made_on_another_forget_set(memorised, tmp_path):
+    report = tmp_path / "reference.json"
+    report.write_text(json.dumps({
+        "kind": "forgetkit-audit-report", "inputs": {"forget": {"sha256": "0" * 64}},
+        "results": {"model": {"reference_stats": {"truth_ratio": [0.5, 0.6], "mia_auc": {}}}},
+    }))
+    params = UnlearnParams(train=TRAIN, target=TargetParams("reference", reference_report=str(report)))
+    with pytest.raises(ForgetkitError, match="reference report was made on a different forget set"):
+        run_unlearn(str(memorised / "model"), str(memorised / "forget.jsonl"), tmp_path / "out", params,
+                    retain=str(memorised / "retain.jsonl"), holdout=str(memorised / "holdout.jsonl"))
+
+
+def test_target_needs_a_holdout_and_excludes_until_forgotten(memorised, tmp_path):
+    model, forget = str(memorised / "model"), str(memorised / "forget.jsonl")
+    with pytest.raises(ForgetkitError, match="--target holdout needs a held-out set"):
+        run_unlearn(model, forget, tmp_path / "a", UnlearnParams(train=TRAIN, target=TargetParams("holdout")))
+    with pytest.raises(ForgetkitError, match="either --until-forgotten or --target"):
+        run_unlearn(model, forget, tmp_path / "b", UnlearnParams(train=TRAIN, until_forgotten=True, target=TargetParams("holdout")),
+                    holdout=str(memorised / "holdout.jsonl"))
