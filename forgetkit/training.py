@@ -59,7 +59,8 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 
 
 class RetainStream:
-    """Endless shuffled retain micro-batches; reshuffled (deterministically) on every pass."""
+    """Endless shuffled micro-batches of a side set (retain; held-out for ``needs_holdout`` losses, as
+    stream 2); reshuffled (deterministically) on every pass."""
 
     def __init__(self, examples: Sequence[Example], micro_batch_size: int, seed: int, epoch: int, stream: int = 1):
         self.examples, self.size = list(examples), micro_batch_size
@@ -117,7 +118,7 @@ def train(
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
-    if getattr(loss_fn, "needs_holdout", False) and not holdout:
+    if loss_fn.needs_holdout and not holdout:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a held-out set the model never saw (--holdout)")
     ranks = ranks_of(accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -158,7 +159,7 @@ def train(
         for epoch in range(start_epoch, config.epochs):
             retain_stream = RetainStream(retain, config.micro_batch_size, config.seed, epoch) if retain else None
             holdout_stream = (RetainStream(holdout, config.micro_batch_size, config.seed, epoch, stream=2)
-                              if holdout and getattr(loss_fn, "needs_holdout", False) else None)
+                              if loss_fn.needs_holdout else None)
             for batch_examples in batches(list(forget), config.batch_size, _epoch_generator(config.seed, epoch, 0)):
                 micros = batches(batch_examples, config.micro_batch_size)
                 # Every rank walks the whole retain schedule, so micro-batch i meets the same retain

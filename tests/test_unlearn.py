@@ -225,3 +225,17 @@ def test_training_rewordings_never_use_the_audits_wording(tiny_models, data_dir,
     # Had training used the audit's own templates, every attacked question would be counted as seen.
     leaked = paraphrase_attack(loaded.model, loaded, evalset, options, list(PARAPHRASE_TEMPLATES))
     assert leaked["wording"]["attacked_questions_seen_in_training"] == len(records)
+
+
+def test_unseen_loss_trains_on_held_out_micro_batches_and_needs_them(tiny_models, data_dir, tmp_path):
+    model, forget = str(tiny_models["llama"]), str(data_dir / "forget_qa.jsonl")
+    with pytest.raises(ForgetkitError, match="loss 'unseen' needs a held-out set the model never saw"):
+        run_unlearn(model, forget, tmp_path / "a", UnlearnParams(loss="unseen", train=FAST),
+                    retain=str(data_dir / "retain_small.jsonl"))
+    meta = run_unlearn(model, forget, tmp_path / "b", UnlearnParams(loss="unseen", train=FAST),
+                       retain=str(data_dir / "retain_small.jsonl"), holdout=str(data_dir / "holdout.jsonl"))
+    terms = meta.results["final_terms"]
+    # The matching terms were computed against real held-out batches: a random tiny model's forget and
+    # held-out records differ, so the matching loss is positive and the gaps are measured numbers.
+    assert meta.results["steps"] == 4 and terms["match_nll"] > 0 and terms["match_min_k_pp"] > 0
+    assert all(v == v for v in terms.values()) and "gap_nll" in terms

@@ -125,9 +125,8 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
         else:
             checks.append(_upper("relearn: forget ROUGE-L", "attack", relearned["forget"]["attacked"]["rouge_l"],
                                  rouge_bound, rouge_rule))
-    if "forget" in relearned:
         checks.append(_leak("relearn", relearned["forget"]["attacked"], relearned.get("holdout", {}).get("attacked")))
-    checks = [c for c in checks if c is not None]
+    checks = [c for c in checks if c is not None]  # _leak gives None where no secret was measured
     sampled = attacks.get("sampling", {})
     if "leak_rate" in sampled.get("forget", {}):
         control = sampled.get("holdout", {}).get("leak_rate")

@@ -9,6 +9,7 @@ forget records to that of held-out records, under the model being trained.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -39,7 +40,7 @@ def record_statistics(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN
         if values.numel() == 0:
             lowest.append(zscore.new_zeros(()))
             continue
-        count = max(1, int(torch.ceil(torch.tensor(values.numel() * k)).item()))
+        count = max(1, math.ceil(values.numel() * k))
         lowest.append(torch.topk(values, count, largest=False).values.mean())
     return {"nll": nll, "min_k_pp": torch.stack(lowest)}
 

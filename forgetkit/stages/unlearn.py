@@ -14,7 +14,6 @@ from forgetkit.adapters import add_reference_adapter, build_peft_model, load_ini
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
 from forgetkit.distributed import gather_objects, main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
-from forgetkit.data import load_records
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, enable_gradient_checkpointing, load_model
@@ -92,12 +91,14 @@ def run_unlearn(
                         runs_on=accelerator.device, trust_remote_code=trust_remote_code)
     tokenizer = loaded.tokenizer
 
-    _, forget_examples = load_examples(
-        forget, loaded, truncate=params.truncate,
-        prepare=lambda records: loss_fn.prepare_forget(reworded(records, params.rewordings)))
     # Which wordings training saw, so the audit can say its paraphrase attack used none of them.
-    wording = {"rewordings_per_question": params.rewordings,
-               "templates": used_templates(load_records(forget), params.rewordings)}
+    wording = {"rewordings_per_question": params.rewordings, "templates": []}
+
+    def prepare_forget(records):
+        wording["templates"] = used_templates(records, params.rewordings)
+        return loss_fn.prepare_forget(reworded(records, params.rewordings))
+
+    _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=prepare_forget)
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else None
     holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)[1] if holdout else None
     # The stopping rule measures the original forget targets, not a loss's rewritten ones (idk).
