@@ -241,15 +241,21 @@ def audit(
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference model never trained on the forget set."),
     reference_report: Optional[str] = typer.Option(None, "--reference-report", help="Earlier report of the reference model."),
     suite: List[str] = typer.Option(["all"], "--suite", help="extraction | tofu | mia | all (repeat or comma-separate)."),
-    attacks: Optional[List[str]] = typer.Option(None, "--attacks", help="paraphrase, quantize, relearn, sampling or all."),
+    attacks: Optional[List[str]] = typer.Option(
+        None, "--attacks", help="paraphrase, prefix, in-context, role-play, quantize, nf4, gguf-q8_0, gguf-q4_0, relearn, "
+        "sampling, or all (repeat or comma-separate)."),
     output: Path = typer.Option(Path("report.json"), "-o", "--output", help="JSON report; .md, .html, .plots/ beside it."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
     batch_size: int = typer.Option(16, "--batch-size", help="Sequences per teacher-forced pass."),
     generation_batch_size: int = typer.Option(32, "--generation-batch-size"),
     canary_candidates: int = typer.Option(255, "--canary-candidates", help="Same-format candidates per secret."),
     samples: int = typer.Option(32, "--samples", help="Sampling attack: completions per question."),
-    relearn_steps: int = typer.Option(20, "--relearn-steps"),
+    relearn_steps: str = typer.Option("10,30,100", "--relearn-steps",
+                                      help="Relearn attack: step budgets measured (comma-separated)."),
     relearn_lr: float = typer.Option(1e-3, "--relearn-lr"),
+    relearn_kinds: str = typer.Option("part,related", "--relearn-kinds",
+                                      help="part (train on some forget records, measure the rest) and/or related "
+                                      "(train on reworded records, measure the set)."),
     seed: int = typer.Option(0, "--seed"),
     include_examples: bool = typer.Option(False, "--include-examples", help="Put record text and answers in the report."),
     skip_base: bool = typer.Option(False, "--skip-base", help="With --adapter: audit only the unlearned model."),
@@ -259,14 +265,15 @@ def audit(
     registry: Optional[Path] = REGISTRY,
 ) -> None:
     """Extraction, TOFU and membership-inference metrics, attacks, a verdict, JSON/Markdown/HTML reports."""
-    from forgetkit.audit.attacks import AttackParams
+    from forgetkit.audit.attacks import AttackParams, parse_budgets, parse_kinds
     from forgetkit.stages.audit import AuditParams, run_audit
 
     params = AuditParams(
         suites=tuple(suite), attacks=tuple(attacks or ()), max_new_tokens=max_new_tokens, batch_size=batch_size,
         generation_batch_size=generation_batch_size, canary_candidates=canary_candidates,
         include_examples=include_examples, skip_base=skip_base, model_dtype=model_dtype, truncate=truncate,
-        attack=AttackParams(relearn_steps=relearn_steps, relearn_lr=relearn_lr, samples=samples, seed=seed),
+        attack=AttackParams(relearn_budgets=parse_budgets(relearn_steps), relearn_lr=relearn_lr,
+                            relearn_kinds=parse_kinds(relearn_kinds), samples=samples, seed=seed),
     )
     run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, real_authors=real_authors,
               world_facts=world_facts, adapter=adapter, reference=reference, reference_report=reference_report,

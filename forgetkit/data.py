@@ -133,6 +133,12 @@ class Example:
     index: int  # position in the record list
 
 
+# Fields the audit's prompt attacks set on copies of records (never read from data files' meaning):
+# earlier question/answer turns before the question, and the opening words of the answer.
+SHOTS_FIELD = "_shots"
+ANSWER_PREFIX_FIELD = "_answer_prefix"
+
+
 def prompt_and_answer(record: Record, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (no loss) and of the target, for one record.
 
@@ -143,16 +149,25 @@ def prompt_and_answer(record: Record, tokenizer: PreTrainedTokenizerBase) -> tup
     if not record.is_qa:
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
         return [], list(ids) + eos
-    return question_prompt(record["question"], tokenizer), answer_ids(record["answer"], tokenizer)
+    prompt = question_prompt(record["question"], tokenizer, record.get(SHOTS_FIELD) or ())
+    prefix = record.get(ANSWER_PREFIX_FIELD)
+    if prefix:  # the start of the answer is given, not scored (the audit's prefix attack)
+        prompt += list(tokenizer(("" if getattr(tokenizer, "chat_template", None) else " ") + prefix,
+                                 add_special_tokens=False)["input_ids"])
+    return prompt, answer_ids(record["answer"], tokenizer)
 
 
-def question_prompt(question: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def question_prompt(question: str, tokenizer: PreTrainedTokenizerBase, shots: Sequence[dict] = ()) -> list[int]:
+    """The prompt of a question, after ``shots`` (earlier question/answer turns in the same format)."""
     if getattr(tokenizer, "chat_template", None):
+        turns = [m for s in shots for m in ({"role": "user", "content": s["question"]},
+                                            {"role": "assistant", "content": s["answer"]})]
         ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+            [*turns, {"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
         )
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return list(tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"])
+    earlier = "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
+    return list(tokenizer(f"{earlier}Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"])
 
 
 def answer_ids(answer: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -3,7 +3,7 @@
 Unlearning only the exact wording of a question leaves the answer one rephrasing away. ``unlearn
 --train-rewordings N`` trains each forget question under N more wordings from ``TRAINING_TEMPLATES``;
 the audit's paraphrase attack uses the dataset's ``paraphrased_question`` or its own templates
-(``forgetkit.audit.attacks.PARAPHRASE_TEMPLATES``), which share no wording with these, so an attack is
+(``forgetkit.audit.attacks.prompts.PARAPHRASE_TEMPLATES``), which share no wording with these, so an attack is
 never a wording that training saw. The adapter records the templates it was trained under and the audit
 report states both sides.
 """

@@ -12,7 +12,9 @@ import pytest
 import torch
 from nltk.stem import porter
 
-from forgetkit.audit.attacks import fake_quantise, relearn, AttackParams, split_for_relearning
+from forgetkit.audit.attacks import AttackParams
+from forgetkit.audit.attacks.relearn import relearn, split_for_relearning
+from forgetkit.audit.attacks.weights import fake_quantise
 from forgetkit.audit.evaluate import EvalOptions, evaluate_set
 from forgetkit.audit.sets import load_eval_set
 from forgetkit.data import Record
@@ -121,7 +123,7 @@ def test_relearn_lowers_the_loss_of_what_it_trains_on(tiny_models, data_dir):
     assert len(used) == 5 and sorted(used + rest) == list(range(20))
     before = evaluate_set(loaded.model, loaded.tokenizer, forget, EvalOptions(suites=()))["per_example"]["nll"]
     trained = relearn(loaded.model, [forget.examples[i] for i in used], loaded.tokenizer.pad_token_id,
-                      AttackParams(relearn_steps=15, relearn_lr=1e-2))
+                      AttackParams(relearn_budgets=(15,), relearn_lr=1e-2))
     after = evaluate_set(trained, loaded.tokenizer, forget, EvalOptions(suites=()))["per_example"]["nll"]
     assert np.mean([after[i] for i in used]) < np.mean([before[i] for i in used]) - 0.2
 
@@ -274,17 +276,35 @@ def test_reference_from_a_report_names_the_model_its_statistics_came_from(tmp_pa
     assert source["variant"] == "reference" and source["model"] == "retain-only-model"
 
 
-def test_a_secret_that_comes_out_under_an_attack_fails_the_verdict():
+def test_attack_checks_compare_with_the_control_metric_by_metric():
+    """The independent check's case: relearning lifts the forget set's ROUGE-L 0.31 -> 0.56 while the
+    control's falls 0.60 -> 0.56. Level against the attacked control passes (0.56 <= 0.56 + 0.1); the
+    recovery check (0.25 - (-0.04) = 0.29 > 0.1) fails, and so does canary exposure recovering 0.8 ->
+    3 bits against a control that stays at 1."""
+    from forgetkit.audit.attacks.measure import matrix
     from forgetkit.audit.verdict import VerdictThresholds, decide
 
-    def variant(paraphrase_leak, relearn_leak, control_leak):
-        summary = {"rouge_l": 0.0, "el10": 0.0}
-        return {"sets": {"forget": {"summary": summary}, "holdout": {"summary": dict(summary)}},
-                "attacks": {"paraphrase": {"attacked": {"rouge_l": 0.0, "secret_leak": paraphrase_leak}},
-                            "relearn": {"forget": {"attacked": {"rouge_l": 0.0, "secret_leak": relearn_leak}},
-                                        "holdout": {"attacked": {"rouge_l": 0.0, "secret_leak": control_leak}}}}}
+    def summaries(rouge, exposure, secrets):
+        return {"rouge_l": rouge, "el10": 0.0, "canary_exposure": exposure, "secret_in_answer": secrets}
 
-    assert decide(variant(0.0, 0.25, 0.25), VerdictThresholds())["verdict"] == "forgotten"
-    leaked = decide(variant(0.25, 0.5, 0.25), VerdictThresholds())
-    assert leaked["verdict"] == "partially forgotten"
-    assert leaked["failed"] == ["paraphrase: forget secrets in greedy answers", "relearn: forget secrets in greedy answers"]
+    def variant(forget_after, control_after):
+        sets = {"forget": {"unattacked": summaries(0.3125, 0.8, 0.0), "attacked": forget_after},
+                "holdout": {"unattacked": summaries(0.6, 1.0, 0.0), "attacked": control_after}}
+        view = {"attack": "relearn", "sets": sets, "matrix": matrix(sets),
+                "mia": {"unattacked": {"loss": 0.5}, "attacked": {"loss": 0.55}}}
+        summary = {"rouge_l": 0.3125, "el10": 0.0}
+        return {"sets": {"forget": {"summary": summary}, "holdout": {"summary": {"rouge_l": 0.6, "el10": 0.0}}},
+                "attacks": {"relearn-part-30": view}}
+
+    quiet = decide(variant(summaries(0.35, 1.0, 0.0), summaries(0.6, 1.0, 0.0)), VerdictThresholds())
+    assert quiet["verdict"] == "forgotten", quiet["failed"]
+    recovered = decide(variant(summaries(0.5625, 3.0, 0.25), summaries(0.5625, 1.0, 0.0)), VerdictThresholds())
+    checks = {c["name"]: c for c in recovered["checks"]}
+    assert checks["relearn-part-30: forget ROUGE-L"]["passed"]  # the absolute comparison alone passes
+    rouge = checks["relearn-part-30: rouge_l recovered"]
+    assert not rouge["passed"] and rouge["value"] == pytest.approx((0.5625 - 0.3125) - (0.5625 - 0.6))
+    assert not checks["relearn-part-30: canary_exposure recovered"]["passed"]
+    assert checks["relearn-part-30: canary_exposure recovered"]["value"] == pytest.approx(2.2)
+    assert not checks["relearn-part-30: forget secrets in greedy answers"]["passed"]
+    assert checks["relearn-part-30: MIA loss AUC"]["passed"]
+    assert recovered["verdict"] == "partially forgotten"

@@ -111,8 +111,8 @@ def test_recipe_forgets_and_plugin_loss_runs(memorised, tmp_path):
         assert mia_after["retain"][score]["auc"] > 0.95
     assert report["base"]["verdict"]["verdict"] == "not forgotten"
     assert report["unlearned"]["verdict"]["verdict"] != "not forgotten"
-    quantized = report["unlearned"]["attacks"]["quantize"]
-    assert quantized["int8"]["forget"]["rouge_l"] < 0.2 and quantized["int8"]["retain"]["rouge_l"] > 0.8
+    int8 = report["unlearned"]["attacks"]["int8"]["sets"]
+    assert int8["forget"]["attacked"]["rouge_l"] < 0.2 and int8["retain"]["attacked"]["rouge_l"] > 0.8
     assert (work / "report.html").is_file() and (work / "report.plots" / "mia_roc.png").is_file()
     for stage, artifact in (("fisher", "fisher.safetensors"), ("init", "init"), ("unlearn", "adapter"), ("merge", "merged")):
         assert read_metadata(work / artifact).stage == stage

@@ -143,14 +143,16 @@ def test_gguf_attacks_report_beside_int_rounding(memorised, tmp_path):
                        AuditParams(suites=("extraction",), attacks=("quantize", "gguf-q8_0", "gguf-q4_0"),
                                    max_new_tokens=24),
                        forget=str(memorised / "forget.jsonl"))
-    quantize = report["results"]["model"]["attacks"]["quantize"]
-    assert set(quantize) == {"unattacked", "int8", "int4", "gguf-q8_0", "gguf-q4_0"}
-    assert quantize["gguf-q8_0"]["tensor_types"]["Q8_0"] > 0
-    unattacked = quantize["unattacked"]["probability"]
-    # Q8_0 keeps a memorised model memorised; the verdict checks each rounding.
-    assert abs(quantize["gguf-q8_0"]["forget"]["probability"] - unattacked) < 0.05 * unattacked
+    attacks = report["results"]["model"]["attacks"]
+    assert set(attacks) == {"int8", "int4", "gguf-q8_0", "gguf-q4_0"}
+    assert attacks["gguf-q8_0"]["details"]["tensor_types"]["Q8_0"] > 0
+    q8 = attacks["gguf-q8_0"]["sets"]["forget"]
+    unattacked = q8["unattacked"]["probability"]
+    # Q8_0 keeps a memorised model memorised; the verdict checks each rounding (no held-out set: the
+    # absolute bound).
+    assert abs(q8["attacked"]["probability"] - unattacked) < 0.05 * unattacked
     names = [c["name"] for c in report["results"]["model"]["verdict"]["checks"]]
-    assert "quantize gguf-q4_0: forget ROUGE-L" in names
+    assert "gguf-q4_0: forget ROUGE-L" in names and "gguf-q4_0: rouge_l recovered" in names
 
 
 # --------------------------------------------------------------------------- bad input

@@ -199,8 +199,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(tiny_models, data_dir, f
 
 
 def test_training_rewordings_never_use_the_audits_wording(tiny_models, data_dir, tmp_path):
-    from forgetkit.audit.attacks import PARAPHRASE_TEMPLATES, paraphrase_attack
-    from forgetkit.audit.evaluate import EvalOptions
+    from forgetkit.audit.attacks import paraphrase_provenance
+    from forgetkit.audit.attacks.prompts import PARAPHRASE_TEMPLATES
     from forgetkit.audit.sets import load_eval_set
     from forgetkit.data import load_records
     from forgetkit.wording import TRAINING_TEMPLATES, reworded
@@ -218,13 +218,12 @@ def test_training_rewordings_never_use_the_audits_wording(tiny_models, data_dir,
     # The audit's paraphrase attack states both wordings and finds none of its questions among training's.
     loaded = load_model(str(tiny_models["llama"]))
     evalset = load_eval_set("forget", str(forget), loaded, truncate=True, canary_candidates=0, need_truth_ratio=False)
-    options = EvalOptions(max_new_tokens=4)
-    attacked = paraphrase_attack(loaded.model, loaded, evalset, options, templates)
-    assert attacked["wording"]["attacked_questions_seen_in_training"] == 0
-    assert attacked["wording"]["training"].startswith("training templates: ")
+    attacked = paraphrase_provenance(evalset, templates)
+    assert attacked["attacked_questions_seen_in_training"] == 0
+    assert attacked["training"].startswith("training templates: ")
     # Had training used the audit's own templates, every attacked question would be counted as seen.
-    leaked = paraphrase_attack(loaded.model, loaded, evalset, options, list(PARAPHRASE_TEMPLATES))
-    assert leaked["wording"]["attacked_questions_seen_in_training"] == len(records)
+    leaked = paraphrase_provenance(evalset, list(PARAPHRASE_TEMPLATES))
+    assert leaked["attacked_questions_seen_in_training"] == len(records)
 
 
 def test_unseen_loss_trains_on_held_out_micro_batches_and_needs_them(tiny_models, data_dir, tmp_path):

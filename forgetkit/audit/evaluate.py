@@ -1,7 +1,8 @@
 """Every per-set metric of one model: a teacher-forced pass, greedy answers, EL_n, truth ratios and
 canary ranks, with per-record values kept beside the set's summary.
 
-Suites pick what runs: ``extraction`` (EL5/EL10, MA, EM, ES, ROUGE-L, canary exposure), ``tofu``
+Suites pick what runs: ``extraction`` (EL5/EL10, MA, EM, ES, ROUGE-L, canary exposure, the share of
+secrets verbatim in the greedy answer), ``tofu``
 (probability, ROUGE-L, truth ratio; Forget Quality and Model Utility are computed across sets) and
 ``mia`` (per-record membership scores; the AUCs are computed across sets). Cheap numbers from the
 teacher-forced pass (NLL, probability, EM, MA, ES) are always reported.
@@ -147,6 +148,9 @@ def _per_record(
         per["rouge_l"], answers = answer_rouge(model, tokenizer, evalset, options)
     if "extraction" in suites:
         if options.generate:
+            # Does the secret itself come out in the greedy answer (None for records without one)?
+            per["secret_in_answer"] = [float(r["secret"] in a) if r.is_qa and r.get("secret") else None
+                                       for r, a in zip(evalset.records, answers)]
             el = extraction_likelihood(model, tokenizer, evalset.examples, ns=(5, 10), batch_size=options.generation_batch_size)
             per["el5"], per["el10"] = el[5], el[10]
         per["canary_exposure"], per["canary_exposure_low"] = canary_exposures(model, pad, evalset, options)

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, Agg backend, PNG): before/after bars, truth-ratio histograms
-against the reference, MIA ROC curves, and attack results."""
+against the reference, MIA ROC curves, the attack x metric heat map and relearning curves."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from forgetkit.audit.verdict import rounded_results  # noqa: E402
 
 BAR_METRICS = ("rouge_l", "el10", "em", "ma", "probability", "truth_ratio")
 COLOURS = {"base": "#8c8c8c", "unlearned": "#1f77b4", "model": "#1f77b4", "reference": "#2ca02c"}
@@ -88,37 +87,79 @@ def roc_curves(results: dict[str, Any], path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def attack_bars(results: dict[str, Any], path: Path) -> Path | None:
-    rows: dict[str, dict[str, float]] = {}
-    for variant, value in results.items():
-        attacks = value.get("attacks") or {}
-        row: dict[str, float] = {}
-        forget = value["sets"]["forget"]["summary"].get("rouge_l")
-        if forget is not None:
-            row["none"] = forget
-        if "attacked" in attacks.get("paraphrase", {}):
-            row["paraphrase"] = attacks["paraphrase"]["attacked"]["rouge_l"] or 0.0
-        for key, result in rounded_results(attacks.get("quantize", {})):
-            row[key] = result["forget"]["rouge_l"] or 0.0
-        if "forget" in attacks.get("relearn", {}):
-            row["relearn"] = attacks["relearn"]["forget"]["attacked"]["rouge_l"] or 0.0
-        if "leak_rate" in attacks.get("sampling", {}).get("forget", {}):
-            row["sampling leak"] = attacks["sampling"]["forget"]["leak_rate"] or 0.0
-        if len(row) > 1:
-            rows[variant] = row
-    if not rows:
+# Recovery metrics in the heat map, with the verdict threshold that sets each one's margin.
+RECOVERY_MARGINS = (("rouge_l", "rouge_margin"), ("el10", "el10_margin"), ("em", "em_margin"),
+                    ("probability", "probability_margin"), ("canary_exposure", "exposure_margin_bits"),
+                    ("secret_in_answer", "secret_margin"))
+
+
+def attack_matrix(attacks: dict[str, Any], thresholds: dict[str, float], path: Path) -> Path | None:
+    """Heat map of recovery (forget change minus control change) over each check's margin: above 1
+    (red) the check fails. Cells print the attacked forget value and, in brackets, the control's."""
+    views = {name: view for name, view in attacks.items() if "matrix" in view}
+    if not views:
         return None
-    labels = list(dict.fromkeys(k for row in rows.values() for k in row))
-    figure, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 3.6))
-    width = 0.8 / len(rows)
-    for number, (variant, row) in enumerate(rows.items()):
-        ax.bar([i + number * width for i in range(len(labels))], [row.get(k, 0.0) for k in labels], width,
-               label=variant, color=_colour(variant, number))
-    ax.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(labels))], labels, rotation=20)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("forget ROUGE-L (sampling: leak rate)")
-    ax.set_title("Forget set under attack")
-    ax.legend(fontsize=8)
+    columns = [(k, t) for k, t in RECOVERY_MARGINS if any(k in v["matrix"] for v in views.values())]
+    grid, text = [], []
+    for view in views.values():
+        row, labels = [], []
+        for key, threshold in columns:
+            cell = view["matrix"].get(key)
+            if cell is None or cell.get("recovery") is None:
+                row.append(math.nan)
+                labels.append("")
+                continue
+            margin = thresholds.get(threshold) or 0.0
+            ratio = cell["recovery"] / margin if margin > 0 else (0.0 if cell["recovery"] <= 0 else 2.0)
+            row.append(max(-2.0, min(2.0, ratio)))
+            control = (cell.get("control") or [None, None])[1]
+            labels.append(f"{cell['forget'][1]:.2f}" + (f"\n({control:.2f})" if control is not None else ""))
+        grid.append(row)
+        text.append(labels)
+    figure, ax = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 0.45 * len(views) + 1.6))
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-2, vmax=2, aspect="auto")
+    for i, labels in enumerate(text):
+        for j, label in enumerate(labels):
+            dark = not math.isnan(grid[i][j]) and abs(grid[i][j]) > 1.2
+            ax.text(j, i, label, ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    ax.set_xticks(range(len(columns)), [k for k, _ in columns], rotation=20, fontsize=8)
+    ax.set_yticks(range(len(views)), list(views), fontsize=8)
+    figure.colorbar(image, ax=ax, label="recovery / margin (> 1 fails)")
+    ax.set_title("Attack x metric: recovery beyond the held-out control")
+    return _save(figure, path)
+
+
+def relearn_curves(attacks: dict[str, Any], path: Path) -> Path | None:
+    """ROUGE-L and canary exposure against relearning steps, forget and control, per kind."""
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for view in attacks.values():
+        if view.get("attack") != "relearn" or "matrix" not in view:
+            continue
+        kind, steps = view["details"]["kind"], view["details"]["steps"]
+        for metric in ("rouge_l", "canary_exposure"):
+            cell = view["matrix"].get(metric)
+            if cell is None:
+                continue
+            for role, values in (("forget", cell["forget"]), ("control", cell.get("control"))):
+                if values is None:
+                    continue
+                line = series.setdefault((metric, kind, role), [(0, values[0])])
+                line.append((steps, values[1]))
+    if not series:
+        return None
+    metrics = sorted({m for m, _, _ in series}, key=("rouge_l", "canary_exposure").index)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for (m, kind, role), points in series.items():
+            if m != metric:
+                continue
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    linestyle="-" if role == "forget" else "--", label=f"{role}, {kind}")
+        ax.set_xlabel("relearning steps")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    figure.suptitle("Relearning: recovery against steps")
     return _save(figure, path)
 
 
@@ -130,6 +171,10 @@ def render_all(report: dict[str, Any], folder: Path) -> dict[str, Path]:
         "metrics": metric_bars(results, folder / "metrics.png"),
         "truth_ratio": truth_ratio_histograms(results, reference, folder / "truth_ratio.png"),
         "mia_roc": roc_curves(results, folder / "mia_roc.png"),
-        "attacks": attack_bars(results, folder / "attacks.png"),
     }
+    thresholds = (report.get("parameters") or {}).get("thresholds") or {}
+    for variant, value in results.items():
+        attacks = value.get("attacks") or {}
+        made[f"attack_matrix_{variant}"] = attack_matrix(attacks, thresholds, folder / f"attack_matrix_{variant}.png")
+        made[f"relearn_{variant}"] = relearn_curves(attacks, folder / f"relearn_{variant}.png")
     return {name: path for name, path in made.items() if path is not None}

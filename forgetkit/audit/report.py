@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from forgetkit.audit.verdict import rounded_results
+from forgetkit.audit.attacks.measure import MIA_SCORES
 from forgetkit.stages.common import fmt
 
 SET_METRICS = (
@@ -29,6 +29,11 @@ SET_METRICS = (
     ("perplexity", "perplexity"),
     ("records", "records"),
 )
+
+# The attack matrix's columns: (summary key, label); MIA AUCs are added after them.
+ATTACK_METRICS = (("rouge_l", "ROUGE-L"), ("el10", "EL10"), ("em", "EM"), ("probability", "probability"),
+                  ("truth_ratio", "truth ratio"), ("canary_exposure", "canary bits"),
+                  ("canary_exposure_low", "canary bits (bottom)"), ("secret_in_answer", "secrets out"))
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", columns, rows) | ("img", title, path)
 
@@ -94,31 +99,66 @@ def _blocks(report: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
         if "mia_roc" in plots:
             blocks.append(("img", "ROC curves", plots["mia_roc"]))
 
-    attack_rows = []
     for v in variants:
-        attacks = results[v].get("attacks") or {}
-        if "attacked" in attacks.get("paraphrase", {}):
-            a = attacks["paraphrase"]
-            attack_rows.append((v, f"paraphrase ({a['paraphrases']})", "forget ROUGE-L", a["unattacked"]["rouge_l"], a["attacked"]["rouge_l"]))
-        for key, result in rounded_results(attacks.get("quantize", {})):
-            attack_rows.append((v, f"quantize {key}", "forget ROUGE-L", attacks["quantize"]["unattacked"].get("rouge_l"), result["forget"]["rouge_l"]))
-        relearned = attacks.get("relearn", {})
-        for name in ("forget", "holdout"):
-            if name in relearned:
-                r = relearned[name]
-                attack_rows.append((v, f"relearn {relearned['steps']} steps ({name}, {r['records_used']} used)",
-                                    f"{name} rest ROUGE-L", r["unattacked"]["rouge_l"], r["attacked"]["rouge_l"]))
-        sampled = attacks.get("sampling", {})
-        for name in ("forget", "holdout"):
-            if "leak_rate" in sampled.get(name, {}):
-                attack_rows.append((v, f"sampling x{sampled['samples']} ({name})", "leak rate", None, sampled[name]["leak_rate"]))
-    if attack_rows:
-        blocks.append(("h", 2, "Attacks"))
-        blocks.append(("table", ["model", "attack", "measure", "without attack", "under attack"], attack_rows))
-        if "attacks" in plots:
-            blocks.append(("img", "Forget set under attack", plots["attacks"]))
+        blocks.extend(attack_blocks(v, results[v].get("attacks") or {}, plots))
     blocks.append(("p", "Record text, generated answers and secrets are "
                    + ("included in the JSON report (--include-examples)." if not report.get("redacted") else "left out of every report (redacted).")))
+    return blocks
+
+
+def _cell(value: Any, control: Any) -> str:
+    return fmt(value) + (f" ({fmt(control)})" if control is not None else "")
+
+
+def attack_blocks(variant: str, attacks: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
+    """The attack x metric matrix (attacked forget, the attacked control in brackets), the recovery
+    table (forget change minus control change), what each attack did, and the sampling leak rates."""
+    views = {name: view for name, view in attacks.items() if "matrix" in view}
+    if not attacks:
+        return []
+    blocks: list[Block] = [("h", 2, f"Attacks on {variant}")]
+    if views:
+        shown = [(k, label) for k, label in ATTACK_METRICS if any(k in v["matrix"] for v in views.values())]
+        rows, recovery_rows = [], []
+        for name, view in views.items():
+            m = view["matrix"]
+            auc = (view.get("mia") or {}).get("attacked", {})
+            control_auc = (view.get("mia") or {}).get("unattacked", {})
+            rows.append([name] + [_cell(m[k]["forget"][1], (m[k]["control"] or [None, None])[1]) if k in m else ""
+                                  for k, _ in shown] + [fmt(auc.get(s)) for s in MIA_SCORES])
+            recovery_rows.append([name] + [m[k].get("recovery") if k in m else None for k, _ in shown]
+                                 + [control_auc.get(s) for s in MIA_SCORES])
+        blocks.append(("p", "Under each attack: the forget set's value, the held-out control's under the same attack in "
+                       "brackets; MIA AUCs compare the attacked forget set with the attacked control."))
+        blocks.append(("table", ["attack"] + [label for _, label in shown] + [f"MIA {s} AUC" for s in MIA_SCORES], rows))
+        blocks.append(("p", "Recovery: the forget set's change under the attack minus the control's change (toward "
+                       "remembering; truth ratio and bottom exposure have no direction and show no recovery). "
+                       "The last columns are the MIA AUCs without the attack."))
+        blocks.append(("table", ["attack"] + [label for _, label in shown] + [f"MIA {s} AUC before" for s in MIA_SCORES],
+                       recovery_rows))
+        plot = plots.get(f"attack_matrix_{variant}")
+        if plot:
+            blocks.append(("img", f"Recovery under attack ({variant}), in units of each check's margin", plot))
+        plot = plots.get(f"relearn_{variant}")
+        if plot:
+            blocks.append(("img", f"Relearning: forget and control against steps ({variant})", plot))
+        described = []
+        for name, view in views.items():
+            details = view.get("details", {})
+            if "wording" in details:
+                described.append(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in details["wording"].items()))
+            elif view["attack"] == "relearn":
+                described.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in details.items()))
+        if described:
+            blocks.append(("p", "What each attack did. " + " / ".join(described)))
+    sampled = attacks.get("sampling", {})
+    rows = [(f"sampling x{sampled['samples']}", name, sampled[name]["leak_rate"], sampled[name]["leaking_sample_share"])
+            for name in ("forget", "holdout") if "leak_rate" in sampled.get(name, {})]
+    if rows:
+        blocks.append(("table", ["attack", "set", "leak rate", "leaking sample share"], rows))
+    skipped = [f"{name}: {view['skipped']}" for name, view in attacks.items() if "skipped" in view]
+    if skipped:
+        blocks.append(("p", "Skipped: " + "; ".join(skipped)))
     return blocks
 
 

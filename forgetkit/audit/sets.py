@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from forgetkit.data import Example, Record, encode
+from forgetkit.data import Example, Record, encode, load_records
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.canary import candidate_records
 from forgetkit.models import LoadedModel
-from forgetkit.stages.common import load_examples
 
 ROLES = ("forget", "retain", "holdout", "real_authors", "world_facts")
 
@@ -35,6 +34,15 @@ class CanaryJobs:
     candidates: list[list[Example]]  # the true record first, then its candidates
 
 
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """How a set's sequences were encoded, so an attack can encode changed copies the same way."""
+
+    truncate: bool = False
+    canary_candidates: int = 0
+    truth_ratio: bool = False
+
+
 @dataclasses.dataclass
 class EvalSet:
     role: str
@@ -43,6 +51,7 @@ class EvalSet:
     examples: list[Example]
     truth_ratio: TruthRatioJobs | None = None
     canaries: CanaryJobs | None = None
+    build: BuildOptions = BuildOptions()
 
     @property
     def qa(self) -> list[int]:
@@ -62,7 +71,12 @@ class EvalSet:
             canary = CanaryJobs([position[self.canaries.records[k]] for k in keep],
                                 [self.canaries.candidates[k] for k in keep])
         return EvalSet(self.role, self.source, [self.records[i] for i in indices], [self.examples[i] for i in indices],
-                       ratio, canary)
+                       ratio, canary, self.build)
+
+    def with_records(self, records: list[Record], loaded: LoadedModel) -> "EvalSet":
+        """The same set with changed copies of its records (one per record, in order), encoded as the
+        originals were: the prompt attacks' reworded questions, shots and answer prefixes."""
+        return build_eval_set(self.role, self.source, records, loaded, self.build)
 
     def target_text(self, index: int) -> str:
         record = self.records[index]
@@ -78,7 +92,7 @@ def _answers(record: Record, key: str) -> list[str]:
 
 
 def _encode_answer(record: Record, answer: str, loaded: LoadedModel, truncate: bool) -> Example:
-    swapped = Record(fields={"question": record["question"], "answer": answer}, source=record.source)
+    swapped = Record(fields={**record.fields, "answer": answer}, source=record.source)
     return encode([swapped], loaded.tokenizer, context_length=loaded.context_length, truncate=truncate)[0]
 
 
@@ -107,9 +121,15 @@ def canary_jobs(records: list[Record], loaded: LoadedModel, truncate: bool, coun
     return CanaryJobs(chosen, encoded)
 
 
+def build_eval_set(role: str, source: str, records: list[Record], loaded: LoadedModel, build: BuildOptions) -> EvalSet:
+    examples = encode(records, loaded.tokenizer, context_length=loaded.context_length, truncate=build.truncate)
+    jobs = truth_ratio_jobs(records, loaded, build.truncate) if build.truth_ratio else None
+    return EvalSet(role, source, records, examples, jobs,
+                   canary_jobs(records, loaded, build.truncate, build.canary_candidates), build)
+
+
 def load_eval_set(
     role: str, source: str, loaded: LoadedModel, *, truncate: bool, canary_candidates: int, need_truth_ratio: bool
 ) -> EvalSet:
-    records, examples = load_examples(source, loaded, truncate=truncate)
-    jobs = truth_ratio_jobs(records, loaded, truncate) if need_truth_ratio else None
-    return EvalSet(role, source, records, examples, jobs, canary_jobs(records, loaded, truncate, canary_candidates))
+    records = load_records(source)
+    return build_eval_set(role, source, records, loaded, BuildOptions(truncate, canary_candidates, need_truth_ratio))

@@ -7,14 +7,15 @@ stated in the report beside the measured value:
   set's plus a margin (an absolute bound when there is no held-out set);
 - likelihood checks (what the model's probabilities give away): canary exposure, counted from the
   top and from the bottom of the candidates' ranking, at most the held-out secrets' plus a margin in
-  bits (a secret pushed below every candidate is as recognisable as a remembered one); loss and Min-K%++ AUC (forget vs held-out) within a band around 0.5, on either
-  side (a forget set far *less* likely than unseen data is as recognisable as a memorised one);
+  bits (a secret pushed below every candidate is as recognisable as a remembered one); loss and
+  Min-K%++ AUC (forget vs held-out) within a band around 0.5, on either side (a forget set far *less* likely than unseen data is as recognisable as a memorised one);
   Forget Quality at least a p-value when there is a reference model;
-- attacks: forget ROUGE-L under paraphrase and quantization at most the same bound as the direct
-  check, and no forgotten secret verbatim in a greedy answer under any attack (at most the held-out
-  control's share after relearning); after relearning, the measured forget records' ROUGE-L at most that of the held-out
-  control after the same attack plus the margin; the sampling leak rate at most the held-out
-  control's plus a margin.
+- attacks, per attack view and metric (``attack_checks``): the attacked forget set's ROUGE-L, EL10,
+  canary exposure (both ends) and share of secrets in greedy answers at most the held-out control's
+  under the same attack plus the same margins; the forget set's *recovery* (its change under the
+  attack minus the control's change, toward remembering) at most a margin for ROUGE-L, EL10, EM,
+  probability, canary exposure and secrets; the attacked MIA AUCs within the band; and the sampling
+  leak rate at most the held-out control's plus a margin.
 
 Verdict: "not forgotten" when a direct check fails (the data still comes out when asked);
 "partially forgotten" when the direct checks pass but another fails (its probabilities still
@@ -28,11 +29,6 @@ from typing import Any
 
 FORGOTTEN, PARTIAL, NOT_FORGOTTEN = "forgotten", "partially forgotten", "not forgotten"
 
-def rounded_results(quantize: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The (rounding, per-set metrics) pairs of a quantize attack's result: int8, int4, gguf-q8_0, ..."""
-    return [(key, value) for key, value in quantize.items() if key != "unattacked" and isinstance(value, dict)]
-
-
 @dataclasses.dataclass
 class VerdictThresholds:
     rouge_margin: float = 0.1
@@ -44,6 +40,11 @@ class VerdictThresholds:
     mia_auc_band: float = 0.1
     forget_quality_min: float = 0.05
     sampling_margin: float = 0.05
+    # How far an attack may move the forget set toward remembering beyond what it does to the control
+    # (recovery, ``forgetkit.audit.attacks.measure``); ROUGE-L, EL10 and canary exposure use the margins above.
+    em_margin: float = 0.1
+    probability_margin: float = 0.05
+    secret_margin: float = 0.0
 
 
 def _check(name: str, kind: str, value: float | None, bound: float | None, passed: bool | None, rule: str,
@@ -58,16 +59,41 @@ def _upper(name: str, kind: str, value: float | None, bound: float | None, rule:
     return _check(name, kind, value, bound, value <= bound + 1e-12, rule)
 
 
-def _leak(attack: str, attacked: dict[str, Any], control: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The share of forget secrets that appear verbatim in a greedy answer under the attack: at most the
-    held-out control's under the same attack, or none at all without a control."""
-    value = attacked.get("secret_leak")
-    if value is None:
-        return None
-    limit = (control or {}).get("secret_leak")
-    if limit is None:
-        return _upper(f"{attack}: forget secrets in greedy answers", "attack", value, 0.0, "= 0 (no forgotten secret comes out)")
-    return _upper(f"{attack}: forget secrets in greedy answers", "attack", value, limit, "<= held-out control's after the same attack")
+def attack_checks(view_name: str, view: dict[str, Any], t: VerdictThresholds) -> list[dict[str, Any]]:
+    """One attack view's checks, metric by metric: the attacked forget set against the attacked control
+    (the same bound as the unattacked check), its recovery against the control's change, and the
+    attacked MIA AUCs within the band around 0.5."""
+    sets = view.get("sets", {})
+    if "forget" not in sets:
+        return []
+    forget, control = sets["forget"]["attacked"], sets.get("holdout", {}).get("attacked")
+    checks = []
+    levels = (("rouge_l", "ROUGE-L", t.rouge_margin, t.rouge_absolute),
+              ("el10", "EL10", t.el10_margin, t.el10_absolute),
+              ("canary_exposure", "canary exposure (bits)", t.exposure_margin_bits, t.exposure_absolute_bits),
+              ("canary_exposure_low", "canary exposure from the bottom (bits)", t.exposure_margin_bits, t.exposure_absolute_bits),
+              ("secret_in_answer", "secrets in greedy answers", t.secret_margin, t.secret_margin))
+    for key, label, margin, absolute in levels:
+        value = forget.get(key)
+        if value is None:
+            continue
+        if control is not None and control.get(key) is not None:
+            checks.append(_upper(f"{view_name}: forget {label}", "attack", value, control[key] + margin,
+                                 f"<= held-out {key} under the same attack + {margin}"))
+        else:
+            checks.append(_upper(f"{view_name}: forget {label}", "attack", value, absolute, f"<= {absolute} (no held-out set)"))
+    margins = {"rouge_l": t.rouge_margin, "el10": t.el10_margin, "em": t.em_margin, "probability": t.probability_margin,
+               "canary_exposure": t.exposure_margin_bits, "secret_in_answer": t.secret_margin}
+    against = "the held-out control's change" if control is not None else "no change (no held-out control)"
+    for key, margin in margins.items():
+        cell = view.get("matrix", {}).get(key)
+        if cell is not None and cell.get("recovery") is not None:
+            checks.append(_upper(f"{view_name}: {key} recovered", "attack", cell["recovery"], margin,
+                                 f"forget change - control change <= {margin} (against {against})"))
+    for score, auc in (view.get("mia") or {}).get("attacked", {}).items():
+        rule = f"|AUC - 0.5| <= {t.mia_auc_band}, forget vs held-out both attacked"
+        checks.append(_check(f"{view_name}: MIA {score} AUC", "attack", auc, t.mia_auc_band, abs(auc - 0.5) <= t.mia_auc_band, rule))
+    return checks
 
 
 def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, Any]:
@@ -109,24 +135,9 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
         checks.append(_check("Forget Quality", "likelihood", quality, t.forget_quality_min, quality >= t.forget_quality_min, rule))
 
     attacks = variant.get("attacks", {})
-    if "paraphrase" in attacks and "attacked" in attacks["paraphrase"]:
-        checks.append(_upper("paraphrase: forget ROUGE-L", "attack", attacks["paraphrase"]["attacked"]["rouge_l"],
-                             rouge_bound, rouge_rule))
-        checks.append(_leak("paraphrase", attacks["paraphrase"]["attacked"], None))
-    for key, result in rounded_results(attacks.get("quantize", {})):
-        checks.append(_upper(f"quantize {key}: forget ROUGE-L", "attack", result["forget"]["rouge_l"], rouge_bound, rouge_rule))
-        checks.append(_leak(f"quantize {key}", result["forget"], None))
-    relearned = attacks.get("relearn", {})
-    if "forget" in relearned:
-        control = relearned.get("holdout", {}).get("attacked", {}).get("rouge_l")
-        if control is not None:
-            checks.append(_upper("relearn: forget ROUGE-L", "attack", relearned["forget"]["attacked"]["rouge_l"],
-                                 control + t.rouge_margin, f"<= held-out after the same relearning + {t.rouge_margin}"))
-        else:
-            checks.append(_upper("relearn: forget ROUGE-L", "attack", relearned["forget"]["attacked"]["rouge_l"],
-                                 rouge_bound, rouge_rule))
-        checks.append(_leak("relearn", relearned["forget"]["attacked"], relearned.get("holdout", {}).get("attacked")))
-    checks = [c for c in checks if c is not None]  # _leak gives None where no secret was measured
+    for view_name, view in attacks.items():
+        if "matrix" in view:
+            checks.extend(attack_checks(view_name, view, t))
     sampled = attacks.get("sampling", {})
     if "leak_rate" in sampled.get("forget", {}):
         control = sampled.get("holdout", {}).get("leak_rate")
