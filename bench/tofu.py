@@ -3,6 +3,10 @@
     python bench/tofu.py                                  # 40 authors, 4 forgotten: the full grid
     python bench/tofu.py --methods ihl --inits fila --ranks 8 --forget-authors 1 --retain-authors 3 --holdout-authors 1
     python bench/tofu.py --model microsoft/phi-1_5 --full # a real model on the whole benchmark (GPU)
+    python bench/tofu.py --methods ihl,unseen@holdout,npo --inits lora --ranks 8 --seeds 0,1,2
+
+A method is a loss name (built-in or a plugin's, e.g. simnpo) or ``loss@target``: that loss stopped at
+a forgetting target (``unlearn --target holdout``, checked every --check-every steps).
 
 Builds (once, cached under --workdir) the full model fine-tuned on forget + retain and the
 reference fine-tuned on retain only, then unlearns the forget authors with every method x init x
@@ -53,6 +57,18 @@ def markdown(results: dict) -> str:
                      f"{cell(run['mia_auc_min_k_pp'])} | {cell(run.get('int4_forget_rouge_l'))} | "
                      f"{cell(run.get('relearn_forget_rouge_l'))} | {cell(run.get('sampling_forget_leak_rate'))} | "
                      f"{run['wall_s']:.1f} | {run['peak_mib']:.0f} |")
+    if any(len(row["seeds"]) > 1 for row in results.get("summary", [])):
+        lines += ["", "Mean ± standard deviation over seeds:", "",
+                  "| method | init | rank | seeds | FQ | MU | forget ROUGE-L | retain ROUGE-L | MIA AUC (min-k++) | wall s |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+        def spread(value):
+            return "" if value is None else f"{value['mean']:.3g} ± {value['std']:.2g}"
+
+        for row in results["summary"]:
+            lines.append(f"| {row['method']} | {row['init']} | {row['rank']} | {','.join(map(str, row['seeds']))} | "
+                         + " | ".join(spread(row.get(k)) for k in ("forget_quality", "model_utility", "forget_rouge_l",
+                                                                   "retain_rouge_l", "mia_auc_min_k_pp", "wall_s")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -76,6 +92,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=GridSpec.batch_size)
     parser.add_argument("--attacks", type=names, default=ATTACKS)
     parser.add_argument("--samples", type=int, default=GridSpec.samples)
+    parser.add_argument("--seeds", type=lambda t: tuple(int(x) for x in names(t)), default=GridSpec.seeds,
+                        help="run every configuration once per seed; the table adds mean ± std")
+    parser.add_argument("--check-every", type=int, default=GridSpec.check_every,
+                        help="methods written loss@target (e.g. ihl@holdout): steps between the target's checks")
     parser.add_argument("--max-new-tokens", type=int, default=GridSpec.max_new_tokens)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tofu")
     parser.add_argument("--prepare-only", action="store_true",
@@ -91,7 +111,7 @@ def main() -> None:
         model=args.model, finetune=FineTuneConfig(lr=1e-5, epochs=5, batch_size=32))
     grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
                     batch_size=args.batch_size, attacks=args.attacks, samples=args.samples,
-                    max_new_tokens=args.max_new_tokens)
+                    max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every)
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

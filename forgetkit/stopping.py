@@ -50,6 +50,10 @@ class TargetParams:
     max_new_tokens: int = 32  # greedy answers for ROUGE-L (the audit's --max-new-tokens)
     canary_candidates: int = 63
     thresholds: VerdictThresholds = dataclasses.field(default_factory=VerdictThresholds)
+    # With --retain: the retain answers' mean NLL may rise at most this much (nats) above the starting
+    # model's, so a model that reaches the target by collapsing (NLL high on everything) never counts.
+    retain_nll_rise: float = 0.25
+    retain_records: int = 64  # the first N retain records are measured (teacher-forced only: cheap)
 
 
 def _shortfall(check: dict[str, Any]) -> float:
@@ -68,7 +72,7 @@ class TargetMonitor:
     """Evaluates the model in training against the target; decides when to stop; keeps the best state."""
 
     def __init__(self, model: torch.nn.Module, loaded: LoadedModel, forget: str, holdout: str, params: TargetParams,
-                 forget_sha256: str, ranks: Ranks = Ranks(0, 1), truncate: bool = False):
+                 forget_sha256: str, ranks: Ranks = Ranks(0, 1), truncate: bool = False, retain: str | None = None):
         if params.name not in TARGETS:
             raise ForgetkitError(f"--target must be one of {', '.join(TARGETS)}, not '{params.name}'")
         if params.check_every < 0:
@@ -93,6 +97,11 @@ class TargetMonitor:
         suites = ("extraction", "mia") + (("tofu",) if need_ratio else ())
         self.options = EvalOptions(suites=suites, max_new_tokens=params.max_new_tokens, ranks=ranks)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.retain = None
+        if retain:
+            whole = load_eval_set("retain", retain, loaded, truncate=truncate, canary_candidates=0, need_truth_ratio=False)
+            self.retain = whole.subset(list(range(min(params.retain_records, len(whole.records)))))
+            self.retain_start = self.retain_nll()
         self.evaluations: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.best_state: list[torch.Tensor] | None = None
@@ -107,7 +116,22 @@ class TargetMonitor:
         variant["mia"] = aggregate.membership(variant["sets"])
         variant["tofu"] = aggregate.compare_with_reference(variant, self.reference) if self.reference else {}
         variant["verdict"] = decide(variant, self.params.thresholds)
+        if self.retain is not None:
+            self._add_retain_check(variant["verdict"])
         return variant
+
+    def retain_nll(self) -> float:
+        options = EvalOptions(suites=(), generate=False, batch_size=self.options.batch_size, ranks=self.options.ranks)
+        return evaluate_set(self.model, self.loaded.tokenizer, self.retain, options)["summary"]["nll"]
+
+    def _add_retain_check(self, verdict: dict[str, Any]) -> None:
+        rise, bound = self.retain_nll() - self.retain_start, self.params.retain_nll_rise
+        name = "retain NLL rise (nats)"
+        verdict["checks"].append({"name": name, "kind": "utility", "value": rise, "threshold": bound,
+                                  "rule": f"<= {bound} above the starting model's ({self.retain_start:.4g})",
+                                  "passed": rise <= bound, "skipped": None})
+        if rise > bound:
+            verdict["failed"].append(name)
 
     def __call__(self, epoch: int, step: int) -> str | None:
         likelihood = self.measure(generate=False)
@@ -156,6 +180,8 @@ class TargetMonitor:
             "max_new_tokens": self.params.max_new_tokens,
             "canary_candidates": self.params.canary_candidates,
             "thresholds": dataclasses.asdict(self.params.thresholds),
+            "retain_guard": ({"records": len(self.retain.records), "start_nll": self.retain_start,
+                              "max_rise": self.params.retain_nll_rise} if self.retain is not None else None),
             "reached": stopped is not None,
             "stopped": stopped or f"target not reached by step {last_step}; kept the best evaluation (step {best.get('step')})",
             "kept_step": best.get("step"),

@@ -17,6 +17,7 @@ from forgetkit.training import TrainConfig
 # dozen steps. The canary margin is wide open: IHL leaves the secrets ranked first among their
 # candidates for long after the rest is forgotten (see BENCHMARKS.md), and this test is about the rule.
 REACHABLE = VerdictThresholds(exposure_margin_bits=6.0, mia_auc_band=0.2)
+RETAIN_GUARD = "retain NLL rise (nats)"
 TRAIN = TrainConfig(lr=3e-3, epochs=8, batch_size=4, micro_batch_size=4, seed=0)
 
 
@@ -48,8 +49,10 @@ def test_target_stops_at_the_step_where_the_audit_checks_first_hold(memorised, t
     verdict = _audit(memorised, tmp_path / "adapter", tmp_path / "report.json", REACHABLE)
     assert verdict["failed"] == []
     audited = {c["name"]: c["value"] for c in verdict["checks"] if c["passed"] is not None}
-    assert set(audited) == set(stop["values"])
-    for name, value in stop["values"].items():
+    kept = dict(stop["values"])
+    assert 0 <= kept.pop(RETAIN_GUARD) <= 0.25  # the stopping rule's own utility guard (with --retain)
+    assert set(audited) == set(kept)
+    for name, value in kept.items():
         assert audited[name] == pytest.approx(value, abs=1e-6), name
 
 
@@ -74,7 +77,28 @@ def test_target_not_reached_keeps_the_best_evaluation_not_the_last(memorised, tm
     again = monitor.measure(generate=kept["stage"] == "full")
     values = {c["name"]: c["value"] for c in again["verdict"]["checks"] if c["passed"] is not None}
     for name, value in kept["values"].items():
-        assert values[name] == pytest.approx(value, abs=1e-6), name
+        if name != RETAIN_GUARD:  # measured against the starting model, which this monitor did not see
+            assert values[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_collapsed_model_never_meets_the_target(memorised):
+    """The retain guard: with every logit zero the model predicts the uniform distribution, so the retain
+    answers' NLL is log(vocabulary) exactly, far above the starting model's, whatever the forget checks say."""
+    import math
+
+    import torch
+
+    loaded = load_model(str(memorised / "model"))
+    monitor = TargetMonitor(loaded.model, loaded, str(memorised / "forget.jsonl"), str(memorised / "holdout.jsonl"),
+                            TargetParams("holdout"), "", retain=str(memorised / "retain.jsonl"))
+    assert monitor.retain_start < 0.1 and len(monitor.retain.records) == 64  # memorised
+    with torch.no_grad():
+        loaded.model.get_output_embeddings().weight.zero_()
+    verdict = monitor.measure(generate=False)["verdict"]
+    guard = next(c for c in verdict["checks"] if c["name"] == RETAIN_GUARD)
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+    assert guard["value"] == pytest.approx(math.log(vocabulary) - monitor.retain_start, abs=1e-4)
+    assert not guard["passed"] and RETAIN_GUARD in verdict["failed"]
 
 
 def test_reference_target_refuses_a_report_made_on_another_forget_set(memorised, tmp_path):

@@ -94,6 +94,21 @@ def bench_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tofu-bench")
 
 
+def test_seed_summary_gives_mean_and_sample_spread_per_configuration():
+    from forgetkit.benchmark.runner import seed_summary
+
+    runs = [{"method": "ihl", "init": "lora", "rank": 8, "seed": s, "forget_quality": fq, "model_utility": 0.8,
+             "wall_s": w} for s, fq, w in ((0, 0.1, 3.0), (1, 0.3, 5.0), (2, 0.5, 7.0))]
+    runs.append({"method": "npo", "init": "lora", "rank": 8, "seed": 0, "forget_quality": None, "model_utility": 0.5,
+                 "wall_s": 2.0})
+    ihl, npo = seed_summary(runs)
+    assert ihl["seeds"] == [0, 1, 2] and npo["seeds"] == [0]
+    assert ihl["forget_quality"]["mean"] == pytest.approx(0.3)
+    assert ihl["forget_quality"]["std"] == pytest.approx(0.2)  # sqrt(((0.2)^2 + 0 + (0.2)^2) / 2)
+    assert ihl["wall_s"] == {"mean": 5.0, "std": 2.0, "values": [3.0, 5.0, 7.0]}
+    assert ihl["model_utility"]["std"] == 0.0 and "forget_quality" not in npo and npo["model_utility"]["std"] == 0.0
+
+
 @needs_tofu
 def test_smallest_benchmark_memorises_then_forgets(bench_dir):
     grid = GridSpec(methods=("ihl",), inits=("fila",), ranks=(8,), attacks=(), max_new_tokens=48)

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from forgetkit.artifacts import atomic_file  # noqa: E402
 
-METHOD_COLOURS = {"ga": "#d62728", "gd": "#ff7f0e", "npo": "#9467bd", "ihl": "#1f77b4"}
+METHOD_COLOURS = {"ga": "#d62728", "gd": "#ff7f0e", "npo": "#9467bd", "ihl": "#1f77b4", "simnpo": "#8c564b",
+                  "unseen": "#2ca02c"}
 INIT_MARKERS = {"lora": "o", "fila": "*"}
 FLOOR = 1e-20  # a p-value of 0 still has to show on a log axis
 
@@ -26,7 +27,7 @@ def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
             continue
         label = f"{run['method'].upper()} + {run['init'].upper()}"
         axis.scatter(run["model_utility"], max(run["forget_quality"], FLOOR),
-                     color=METHOD_COLOURS.get(run["method"], "#7f7f7f"), marker=INIT_MARKERS.get(run["init"], "s"),
+                     color=METHOD_COLOURS.get(run["method"].partition("@")[0], "#7f7f7f"), marker=INIT_MARKERS.get(run["init"], "s"),
                      s=30 + 6 * run["rank"], alpha=0.8, label=None if label in seen else label,
                      edgecolors="black", linewidths=0.4)
         seen.add(label)

@@ -27,6 +27,7 @@ from forgetkit.stages.common import table
 from forgetkit.stages.fisher import FisherParams, run_fisher
 from forgetkit.stages.init import InitParams, run_init
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
+from forgetkit.stopping import TargetParams
 from forgetkit.training import TrainConfig
 
 METHODS = ("ga", "gd", "npo", "ihl")
@@ -49,6 +50,10 @@ class GridSpec:
     samples: int = 8
     max_new_tokens: int = 64
     seed: int = 0
+    # Every configuration runs once per seed (the LoRA init, the batch order, the attacks' draws); the
+    # table gives mean and spread (``seed_summary``). Unlearning results move with the seed.
+    seeds: tuple[int, ...] = (0,)
+    check_every: int = 5  # for methods run to a target ("ihl@holdout"): optimiser steps between checks
 
 
 def stage_cost(measurement: Measurement) -> dict[str, float]:
@@ -135,7 +140,9 @@ def run_benchmark(tofu: Path, workdir: Path, subset: SubsetSpec, targets: Target
     for method in grid.methods:
         for init in grid.inits:
             for rank in grid.ranks:
-                runs.append(run_one(full, splits, sets, folder, reference_report, fisher_path, method, init, rank, grid))
+                for seed in grid.seeds or (grid.seed,):
+                    runs.append(run_one(full, splits, sets, folder, reference_report, fisher_path, method, init, rank,
+                                        dataclasses.replace(grid, seed=seed)))
     results = {
         "subset": dataclasses.asdict(subset),
         "targets": {"spec": dataclasses.asdict(targets), "build": stage_cost(building), **_finetune_stats(folder)},
@@ -144,6 +151,7 @@ def run_benchmark(tofu: Path, workdir: Path, subset: SubsetSpec, targets: Target
         "full": full_row,
         "fisher": fisher_cost,
         "runs": runs,
+        "summary": seed_summary(runs),
     }
     write_json(root / f"results-{targets.key()}.json", results)
     console.print(results_table(results))
@@ -162,8 +170,10 @@ def _finetune_stats(folder: Path) -> dict[str, Any]:
 
 def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], folder: Path, reference_report: Path,
             fisher_path: Path, method: str, init: str, rank: int, grid: GridSpec) -> dict[str, Any]:
-    """Init, unlearn and audit one configuration; a finished run (run.json) is read back, not redone."""
-    run_dir = folder / "runs" / f"{method}-{init}-r{rank}"
+    """Init, unlearn and audit one configuration; a finished run (run.json) is read back, not redone.
+    ``method`` is a loss name, or ``loss@target`` to stop at that forgetting target (``unlearn --target``)."""
+    suffix = f"-s{grid.seed}" if grid.seed else ""  # seed 0 keeps the names of runs cached before seeds
+    run_dir = folder / "runs" / f"{method}-{init}-r{rank}{suffix}"
     record = run_dir / "run.json"
     if record.is_file():
         return json.loads(record.read_text())
@@ -173,14 +183,19 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
                  fisher=str(fisher_path) if init == "fila" else None)
     train = TrainConfig(lr=grid.lr, epochs=grid.epochs, batch_size=grid.batch_size, micro_batch_size=grid.batch_size,
                         seed=grid.seed)
+    loss, _, target = method.partition("@")
+    params = UnlearnParams(loss=loss, train=train,
+                           target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens)
+                           if target else None)
+    holdout = str(splits["holdout"]) if "holdout" in splits else None
     with measured() as unlearn_run:
-        run_unlearn(full, str(splits["forget"]), run_dir / "adapter", UnlearnParams(loss=method, train=train),
-                    retain=str(splits["retain"]), init=str(run_dir / "init"))
+        meta = run_unlearn(full, str(splits["forget"]), run_dir / "adapter", params, retain=str(splits["retain"]),
+                           init=str(run_dir / "init"), holdout=holdout if (target or needs_holdout(loss)) else None)
     with measured() as audit_run:
         report = run_audit(full, run_dir / "report.json", audit_params(grid, grid.attacks, skip_base=True),
                            adapter=str(run_dir / "adapter"), reference_report=str(reference_report), **sets)
     row = {
-        "method": method, "init": init, "rank": rank,
+        "method": method, "init": init, "rank": rank, "seed": grid.seed, "steps": meta.results.get("steps"),
         **summarise_variant(report["results"]["unlearned"]),
         "stages": {"init": stage_cost(init_run), "unlearn": stage_cost(unlearn_run), "audit": stage_cost(audit_run)},
     }
@@ -188,6 +203,36 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
     row["peak_mib"] = round(max(init_run.peak_mib, unlearn_run.peak_mib), 1)
     write_json(record, row)
     return row
+
+
+SUMMARISED = ("forget_quality", "model_utility", "retain_utility", "forget_rouge_l", "retain_rouge_l",
+              "mia_auc_min_k_pp", "int4_forget_rouge_l", "relearn_forget_rouge_l", "wall_s")
+
+
+def needs_holdout(loss: str) -> bool:
+    from forgetkit.plugins import load_loss
+
+    return bool(getattr(load_loss(loss), "needs_holdout", False))
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration (method, init, rank): mean and standard deviation (n - 1) of each figure over
+    its seeds, with the seeds listed."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["method"], run["init"], run["rank"]), []).append(run)
+    out = []
+    for (method, init, rank), members in groups.items():
+        row: dict[str, Any] = {"method": method, "init": init, "rank": rank, "seeds": [m.get("seed", 0) for m in members]}
+        for key in SUMMARISED:
+            values = [m[key] for m in members if m.get(key) is not None]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+            row[key] = {"mean": mean, "std": spread, "values": values}
+        out.append(row)
+    return out
 
 
 def results_table(results: dict[str, Any]):

@@ -131,7 +131,7 @@ def run_unlearn(
     monitor = None
     if params.target is not None:
         monitor = TargetMonitor(model, loaded, forget, holdout, params.target, input_record(forget).get("sha256", ""),
-                                ranks, truncate=params.truncate)
+                                ranks, truncate=params.truncate, retain=retain)
 
     def stop_check(epoch: int, step: int) -> str | None:
         if monitor is not None:
