@@ -15,12 +15,8 @@ output = Console()  # what a listing command was asked for: stdout, so it can be
 
 def quiet_libraries() -> None:
     """Keep our output readable: no per-load progress bars or deprecation chatter from the stack."""
-    import logging
     import warnings
 
-    # peft imports bitsandbytes whenever it is installed (the nf4 attack's extra); on CPUs with AVX-512
-    # BF16 it warns on import about an optional kernel package.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -78,6 +78,11 @@ def test_audit_report_is_redacted_unless_asked(tiny_models, data_dir, adapter, t
     assert set(report["results"]["unlearned"]["attacks"]) == {
         "paraphrase", "prefix", "in-context", "role-play", "int8", "int4", "nf4", "gguf-q8_0", "gguf-q4_0",
         "relearn-part-1", "relearn-part-2", "relearn-related-1", "relearn-related-2", "sampling"}
+    from forgetkit.audit.attacks import ATTACKS
+
+    seconds = report["results"]["unlearned"]["attack_seconds"]
+    assert tuple(seconds) == ATTACKS and all(t > 0 for t in seconds.values())
+    assert "attack_seconds" not in report["results"]["base"]  # the base (adapter off) is not attacked
     assert set(report["results"]) == {"base", "unlearned"}
     summary = report["results"]["unlearned"]["sets"]["forget"]["summary"]
     assert {"el5", "el10", "ma", "em", "es", "rouge_l", "nll", "perplexity", "canary_exposure"} <= set(summary)

@@ -154,7 +154,7 @@ def relearn_curves(attacks: dict[str, Any], path: Path) -> Path | None:
             if m != metric:
                 continue
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="C0" if kind == "part" else "C1",
                     linestyle="-" if role == "forget" else "--", label=f"{role}, {kind}")
         ax.set_xlabel("relearning steps")
         ax.set_ylabel(metric)

@@ -101,6 +101,8 @@ def _blocks(report: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
 
     for v in variants:
         blocks.extend(attack_blocks(v, results[v].get("attacks") or {}, plots))
+        if results[v].get("attack_seconds"):
+            blocks.append(("p", "Seconds per attack: " + ", ".join(f"{k} {fmt(t)}" for k, t in results[v]["attack_seconds"].items())))
     blocks.append(("p", "Record text, generated answers and secrets are "
                    + ("included in the JSON report (--include-examples)." if not report.get("redacted") else "left out of every report (redacted).")))
     return blocks

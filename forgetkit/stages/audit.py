@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -140,10 +141,15 @@ def audit_variant(variant: Variant, loaded: LoadedModel, sets: dict[str, EvalSet
         attacks: dict[str, Any] = {}
         # The base model (adapter off) is the before-picture: it still holds the data, so attacking it
         # would measure nothing and cost as much again.
+        seconds: dict[str, float] = {}
         for attack in params.attacks if variant.name != "base" else ():
+            started = time.perf_counter()
             attacks.update(run_attack(attack, target, params.attack))
+            seconds[attack] = round(time.perf_counter() - started, 2)
             advance()
         out["attacks"] = attacks
+        if seconds:
+            out["attack_seconds"] = seconds  # what each named attack cost, evaluation included
     return out
 
 

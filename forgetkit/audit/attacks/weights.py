@@ -16,7 +16,6 @@ never changed.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,6 @@ def fake_quantise(model: torch.nn.Module, bits: int) -> int:
 
 def bitsandbytes_functional():
     try:
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns about optional CPU kernels
         import bitsandbytes.functional as functional
     except ImportError as error:
         raise ForgetkitError("the nf4 attack needs bitsandbytes: pip install bitsandbytes") from error
