@@ -336,11 +336,15 @@ def test_audit_with_a_sharded_base_gives_the_same_numbers(tiny_models, data_dir,
     assert_same_numbers(one["results"], two["results"])
 
 
+TIMINGS = ("attack_seconds",)  # wall-clock seconds, not numbers of the model: they differ between any two runs
+
+
 def assert_same_numbers(a, b, path=""):
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for key in a:
-            assert_same_numbers(a[key], b[key], f"{path}/{key}")
+            if key not in TIMINGS:
+                assert_same_numbers(a[key], b[key], f"{path}/{key}")
     elif isinstance(a, list):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
