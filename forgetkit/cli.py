@@ -143,7 +143,7 @@ def unlearn(
     reference_report: Optional[str] = typer.Option(None, "--reference-report", help="--target reference: the audit report of a retain-only model."),
     check_every: int = typer.Option(0, "--check-every", help="--target: optimiser steps between checks (0: each epoch)."),
     target_tokens: int = typer.Option(32, "--target-max-new-tokens", help="--target: greedy answer length for ROUGE-L (as the audit's --max-new-tokens)."),
-    retain_nll_rise: float = typer.Option(0.25, "--target-retain-nll-rise",
+    retain_nll_rise: float = typer.Option(1.0, "--target-retain-nll-rise",
                                           help="--target with --retain: how far (nats) the retain answers' mean NLL may rise."),
     train_rewordings: int = typer.Option(0, "--train-rewordings", help="Also train each forget question under N training-only wordings (never the audit's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),

@@ -52,7 +52,7 @@ class TargetParams:
     thresholds: VerdictThresholds = dataclasses.field(default_factory=VerdictThresholds)
     # With --retain: the retain answers' mean NLL may rise at most this much (nats) above the starting
     # model's, so a model that reaches the target by collapsing (NLL high on everything) never counts.
-    retain_nll_rise: float = 0.25
+    retain_nll_rise: float = 1.0
     retain_records: int = 64  # the first N retain records are measured (teacher-forced only: cheap)
 
 

@@ -10,7 +10,8 @@ PYTHON=${PYTHON:-python}
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 
 # Split the TOFU authors and build (or reuse) the full and reference models: sets DATA, FULL, REFERENCE.
-eval "$("$PYTHON" "$HERE/bench/tofu.py" --prepare-only --workdir "$WORK" "$@")"
+# Only the DATA=, FULL=, REFERENCE= lines: libraries may log to stdout on import (DeepSpeed's accelerator probe).
+eval "$("$PYTHON" "$HERE/bench/tofu.py" --prepare-only --workdir "$WORK" "$@" | grep -E '^(DATA|FULL|REFERENCE)=')"
 SETS=(--forget "$DATA/forget.jsonl" --retain "$DATA/retain_eval.jsonl" \
       --real-authors "$DATA/real_authors.jsonl" --world-facts "$DATA/world_facts.jsonl")
 if [ -f "$DATA/holdout.jsonl" ]; then SETS+=(--holdout "$DATA/holdout.jsonl"); fi
@@ -22,4 +23,4 @@ forgetkit init "$FULL" --fisher "$WORK/fisher.safetensors" --scheme fila --rank 
 forgetkit unlearn "$FULL" "$DATA/forget.jsonl" --retain "$DATA/retain.jsonl" --init "$WORK/init" \
   --loss ihl --lr 1e-3 --epochs 5 --batch-size 8 --micro-batch-size 8 -o "$WORK/adapter"
 forgetkit audit "$FULL" --adapter "$WORK/adapter" "${SETS[@]}" --reference-report "$WORK/reference.json" \
-  --suite tofu,mia --attacks all --samples 8 --max-new-tokens 64 -o "$WORK/report.json"
+  --suite tofu,mia --attacks all --relearn-steps 30 --samples 8 --max-new-tokens 64 -o "$WORK/report.json"

@@ -81,7 +81,7 @@ def test_audit_report_is_redacted_unless_asked(tiny_models, data_dir, adapter, t
     from forgetkit.audit.attacks import ATTACKS
 
     seconds = report["results"]["unlearned"]["attack_seconds"]
-    assert tuple(seconds) == ATTACKS and all(t > 0 for t in seconds.values())
+    assert set(seconds) == set(ATTACKS) and all(t > 0 for t in seconds.values())
     assert "attack_seconds" not in report["results"]["base"]  # the base (adapter off) is not attacked
     assert set(report["results"]) == {"base", "unlearned"}
     summary = report["results"]["unlearned"]["sets"]["forget"]["summary"]

@@ -150,7 +150,13 @@ def test_recipe_chains_the_stages_against_the_reference(bench_dir):
     assert after["sets"]["forget"]["summary"]["rouge_l"] <= 0.5 * base["sets"]["forget"]["summary"]["rouge_l"]
     # Forget Quality against the retain-only reference rises from the memorising base's.
     assert after["tofu"]["forget_quality"] > base["tofu"]["forget_quality"]
-    assert set(after["attacks"]) == {"paraphrase", "quantize", "relearn", "sampling"}
+    from forgetkit.audit.attacks import ATTACKS
+
+    assert set(after["attack_seconds"]) == set(ATTACKS)  # --attacks all
+    assert {"paraphrase", "in-context", "int4", "nf4", "gguf-q4_0", "relearn-part-30", "relearn-related-30",
+            "sampling"} <= set(after["attacks"])
+    # TOFU records carry paraphrased answers: truth ratios are attacked like every other metric.
+    assert after["attacks"]["int4"]["matrix"]["truth_ratio"]["forget"][1] is not None
 
 
 @needs_tofu
