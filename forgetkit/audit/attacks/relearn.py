@@ -25,7 +25,7 @@ from peft import get_peft_model
 from forgetkit.adapters import lora_config
 from forgetkit.audit.evaluate import EvalOptions, evaluate_set
 from forgetkit.audit.sets import EvalSet
-from forgetkit.data import Example, Record, batches, collate
+from forgetkit.data import Example, Record, batches, collate, encode
 from forgetkit.losses.base import logits_of, mean_nll
 from forgetkit.models import LoadedModel, discover_targets
 from forgetkit.wording import TRAINING_TEMPLATES
@@ -89,8 +89,6 @@ def relearn_side(kind: str, model: torch.nn.Module, materialise: Callable[[], to
                  evalset: EvalSet, unattacked: dict[str, Any], options: EvalOptions, params) -> dict[str, Any] | None:
     """One set under one kind of relearning: ``{"steps": {budget: (unattacked, attacked)}, ...}``, or
     None when the set cannot serve (too few records, no question/answer records to reword)."""
-    from forgetkit.data import encode
-
     if kind == "part":
         if len(evalset.records) < 2:
             return None
