@@ -23,7 +23,7 @@ demo: $(BIN)/forgetkit
 	$(BIN)/forgetkit quickstart
 
 test: $(BIN)/forgetkit
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 bench: $(BIN)/forgetkit
 	$(BIN)/python bench/throughput.py

@@ -38,6 +38,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    # Retain records beside each forget micro-batch (None: as many as the forget micro-batch). More
+    # of them steady the retain term when the kept records look like the forgotten ones.
+    retain_micro_batch_size: int | None = None
 
 
 @dataclasses.dataclass
@@ -116,6 +119,8 @@ def train(
     """
     if config.micro_batch_size < 1 or config.batch_size < 1:
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
+    if config.retain_micro_batch_size is not None and config.retain_micro_batch_size < 1:
+        raise ForgetkitError("--retain-micro-batch-size must be at least 1")
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
     if loss_fn.needs_holdout and not holdout:
@@ -157,7 +162,8 @@ def train(
     model.train()
     with progress_bar("Unlearning", steps_per_epoch * (config.epochs - start_epoch)) as advance:
         for epoch in range(start_epoch, config.epochs):
-            retain_stream = RetainStream(retain, config.micro_batch_size, config.seed, epoch) if retain else None
+            retain_stream = (RetainStream(retain, config.retain_micro_batch_size or config.micro_batch_size, config.seed, epoch)
+                             if retain else None)
             holdout_stream = (RetainStream(holdout, config.micro_batch_size, config.seed, epoch, stream=2)
                               if loss_fn.needs_holdout else None)
             for batch_examples in batches(list(forget), config.batch_size, _epoch_generator(config.seed, epoch, 0)):

@@ -23,6 +23,19 @@ from forgetkit.quickstart.model import corpus_text, train_tokenizer
 
 quiet_libraries()
 
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist each worker gets its share of the cores (and so do the commands it starts):
+    two workers with a full-size thread pool each would fight over every core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+_share_cores_between_workers()
+
 ARCHITECTURES = ("llama", "gpt_neo", "gpt_neox", "gpt2", "phi")
 
 

@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 
 from forgetkit.data import IGNORE_INDEX
+from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import LossContext, mean_nll, sequence_log_prob
 from forgetkit.losses.builtin import GradientAscent, KLRetain, NegativePreference, inverted_hinge
 
@@ -133,12 +135,31 @@ def test_unseen_loss_matches_hand_computation():
                 expected += sum((a - b) ** 2 for a, b in zip(ours, target)) / len(ours)
             else:
                 expected += sum(max(0.0, direction * (b - a)) ** 2 for a, b in zip(ours, target)) / len(ours)
-        terms = MatchUnseen(mode=mode, retain_weight=2.0)(ctx)
+        terms = MatchUnseen(mode=mode, retain_weight=2.0, targets="current")(ctx)
         assert abs(terms["loss"].item() - expected) < 1e-4, (mode, terms["loss"].item(), expected)
     # Only the forget side carries gradient: the held-out quantiles are a target, not a parameter path.
-    MatchUnseen()(ctx)["loss"].backward()
+    MatchUnseen(targets="current")(ctx)["loss"].backward()
     grad = model.table.grad
     assert grad[forget].abs().sum() > 0 and grad[holdout].abs().sum() == 0
+
+    # targets=frozen (the default): the held-out quantiles come from the frozen model's logits, whatever
+    # the model being trained now says about the held-out records.
+    frozen_table = table.clone()
+    frozen_table[holdout] = torch.randn(len(holdout), 4, 5) * 3
+    frozen = RecordLogits(frozen_table)
+    frozen_ctx = LossContext(model=model, forget=batch(forget), retain=batch(retain), holdout=batch(holdout),
+                             reference=lambda b: frozen(b["input_ids"], b["attention_mask"]).logits.detach())
+    frozen_stats = {i: _hand_statistics(frozen_table[i].tolist(), labels[i]) for i in holdout}
+    expected = 2.0 * retain_nll
+    for index in (0, 1):
+        ours = sorted(stats[i][index] for i in forget)
+        target = _quantiles([frozen_stats[i][index] for i in holdout], len(ours))
+        expected += sum((a - b) ** 2 for a, b in zip(ours, target)) / len(ours)
+    loss = MatchUnseen(retain_weight=2.0)
+    assert loss.needs_reference and not MatchUnseen(targets="current").needs_reference
+    assert abs(loss(frozen_ctx)["loss"].item() - expected) < 1e-4
+    with pytest.raises(ForgetkitError, match="targets must be one of frozen, current"):
+        MatchUnseen(targets="moving")
 
 
 def test_unseen_loss_is_zero_when_forget_looks_like_holdout():
@@ -148,5 +169,6 @@ def test_unseen_loss_is_zero_when_forget_looks_like_holdout():
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 3]] * 2)
     same = {"input_ids": torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0]]), "attention_mask": torch.ones(2, 4, dtype=torch.long),
             "labels": labels}
-    terms = MatchUnseen(retain_weight=0.0)(LossContext(model=RecordLogits(table), forget=same, retain=same, holdout=same))
+    terms = MatchUnseen(retain_weight=0.0, targets="current")(
+        LossContext(model=RecordLogits(table), forget=same, retain=same, holdout=same))
     assert terms["loss"].item() < 1e-10

@@ -133,6 +133,41 @@ def test_divergence_guard_stops_cleanly(tiny_models, data_dir, tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+class RetainCountingLoss(UnlearningLoss):
+    """Gradient ascent that records how many forget and retain records each micro-batch brought."""
+    name = "count"
+    needs_retain = True
+    seen: list = []
+
+    def __call__(self, ctx: LossContext):
+        self.seen.append((ctx.forget["input_ids"].shape[0], ctx.retain["input_ids"].shape[0]))
+        return {"loss": -ctx.model(input_ids=ctx.forget["input_ids"]).logits.float().logsumexp(-1).mean() * 0.0
+                + ctx.model(input_ids=ctx.retain["input_ids"]).logits.float().mean() * 0.0}
+
+
+@pytest.mark.parametrize("retain_micro", [None, 5])
+def test_retain_micro_batch_size_sets_the_retain_records_per_forget_micro_batch(
+        tiny_models, data_dir, tmp_path, monkeypatch, retain_micro):
+    import forgetkit.stages.unlearn as unlearn_stage
+
+    counting = RetainCountingLoss()
+    counting.seen = []
+    monkeypatch.setattr(unlearn_stage, "load_loss", lambda name, params: counting)
+    train = dataclasses.replace(FAST, epochs=1, retain_micro_batch_size=retain_micro)
+    meta = run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget_qa.jsonl"), tmp_path / "out",
+                       UnlearnParams(train=train), retain=str(data_dir / "retain_small.jsonl"))
+    # 16 forget records in micro-batches of 4; 20 retain records drawn 4 (or 5) at a time.
+    assert counting.seen == [(4, retain_micro or 4)] * 4
+    assert meta.parameters["train"]["retain_micro_batch_size"] == retain_micro
+
+
+def test_retain_micro_batch_size_must_be_positive(tiny_models, data_dir, tmp_path):
+    with pytest.raises(ForgetkitError, match="--retain-micro-batch-size must be at least 1"):
+        run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget_qa.jsonl"), tmp_path / "out",
+                    UnlearnParams(train=dataclasses.replace(FAST, retain_micro_batch_size=0)),
+                    retain=str(data_dir / "retain_small.jsonl"))
+
+
 def test_until_forgotten_needs_holdout(tiny_models, data_dir, tmp_path):
     with pytest.raises(ForgetkitError, match="needs a held-out set"):
         run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget.jsonl"), tmp_path / "out",

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from forgetkit.artifacts import atomic_folder
 from forgetkit.benchmark.finetune import FineTuneConfig, fine_tune, tiny_llama_config
 from forgetkit.benchmark.tofu_splits import corpus_rows
+from forgetkit.cache import cached_folder
 from forgetkit.console import console
 from forgetkit.data import encode, load_records
 from forgetkit.models import load_model
@@ -64,14 +64,15 @@ def build_targets(tofu: Path, splits: dict[str, Path], folder: Path, spec: Targe
     for target in TARGETS:
         path = folder / target
         out[target] = path
-        if (path / "config.json").is_file():
-            continue
-        with atomic_folder(path) as staging:
+
+        def build(staging: Path, target: str = target) -> None:
             stats = _train(tofu, splits, TRAIN_SETS[target], staging, spec, label=f"fine-tuning the {target} model")
             (staging / "finetune.json").write_text(json.dumps({"target": target, **stats,
                                                                "spec": dataclasses.asdict(spec)}, indent=2) + "\n")
-        console.print(f"{target} model: {stats['epochs']} epochs, answer accuracy {stats['answer_accuracy']:.3f}, "
-                      f"{stats['seconds']} s")
+            console.print(f"{target} model: {stats['epochs']} epochs, answer accuracy {stats['answer_accuracy']:.3f}, "
+                          f"{stats['seconds']} s")
+
+        cached_folder(path, lambda folder: (folder / "config.json").is_file(), build)
     return out
 
 

@@ -17,7 +17,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from forgetkit.artifacts import atomic_folder, sha256_file
+from forgetkit.artifacts import sha256_file
+from forgetkit.cache import cached_folder
 from forgetkit.errors import ForgetkitError
 
 QUESTIONS_PER_AUTHOR = 20
@@ -100,11 +101,13 @@ def select(tofu: Path, spec: SubsetSpec) -> dict[str, list[dict]]:
 def write_splits(tofu: Path, spec: SubsetSpec, folder: Path) -> dict[str, Path]:
     """Write the subset's JSONL files (once; an existing complete folder is reused)."""
     paths = {name: folder / f"{name}.jsonl" for name in OUTPUTS}
-    manifest = folder / "splits.json"
-    if manifest.is_file() and _stored_spec(manifest) == dataclasses.asdict(spec):
-        return {name: p for name, p in paths.items() if p.is_file()}
-    rows = select(tofu, spec)
-    with atomic_folder(folder) as staging:
+
+    def finished(folder: Path) -> bool:
+        manifest = folder / "splits.json"
+        return manifest.is_file() and _stored_spec(manifest) == dataclasses.asdict(spec)
+
+    def build(staging: Path) -> None:
+        rows = select(tofu, spec)
         for name, part in rows.items():
             if part:
                 (staging / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
@@ -112,6 +115,8 @@ def write_splits(tofu: Path, spec: SubsetSpec, folder: Path) -> dict[str, Path]:
                    "rows": {name: len(part) for name, part in rows.items()},
                    "sha256": {name: sha256_file(staging / f"{name}.jsonl") for name, part in rows.items() if part}}
         (staging / "splits.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    cached_folder(folder, finished, build)
     return {name: p for name, p in paths.items() if p.is_file()}
 
 

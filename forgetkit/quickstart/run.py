@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from forgetkit.artifacts import atomic_folder
+from forgetkit.cache import cached_folder, has_model
 from forgetkit.console import console
 from forgetkit.locations import cache_root
 from forgetkit.quickstart.corpus import make_splits
@@ -46,16 +46,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def ensure_quickstart_model(cache: Path | None = None) -> Path:
     """The cached folder with ``model/`` and the three data sets, built once per corpus version."""
     folder = cache_root(cache) / "quickstart" / f"v{CORPUS_VERSION}-seed{SEED}"
-    if (folder / "model" / "config.json").is_file():
-        return folder
-    console.print(f"building the quickstart model (cached in {folder})")
-    splits = make_splits(seed=SEED)
-    with atomic_folder(folder) as staging:
+
+    def build(staging: Path) -> None:
+        console.print(f"building the quickstart model (cached in {folder})")
+        splits = make_splits(seed=SEED)
         for name in SPLITS:
             write_jsonl(staging / f"{name}.jsonl", splits[name])
         write_jsonl(staging / "train.jsonl", splits["forget"] + splits["retain"])
         stats = memorise(staging / "train.jsonl", staging / "model", seed=SEED)
         (staging / "memorisation.json").write_text(json.dumps(stats, indent=2))
+
+    cached_folder(folder, has_model, build)
     return folder
 
 
