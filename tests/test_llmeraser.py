@@ -202,18 +202,22 @@ def test_edit_writes_a_plain_adapter_of_the_same_rank_with_the_solve_in_its_meta
     assert mean_record_loss(base, edited, removed) > mean_record_loss(base, folder / "adapter", removed) + 0.05
 
 
+FACTS = 48  # each also asked as "Tell me: ...": 96 records
+
+
 @pytest.fixture(scope="module", params=["remove", "correct"])
 def against_retraining(request, memorised, tmp_path_factory):
-    """96 facts, each also asked as "Tell me: ..." (192 records); 4 twins removed, or 4 wrong answers
+    """FACTS facts, each also asked as "Tell me: ..."; 4 twins removed, or 4 wrong answers
     corrected. The original adapter and one retrained on the cleaned data, from the same LoRA init."""
     kind = request.param
     folder = tmp_path_factory.mktemp(f"retrain-{kind}")
     base = memorised / "model"
-    case = build_case(kind, 96, 4, "twins")
+    case = build_case(kind, FACTS, 4, "twins")
     paths = {name: write_jsonl(folder / f"{name}.jsonl", getattr(case, name))
              for name in ("train", "clean", "edit", "watched", "kept")}
-    # 60 steps: the edited records move further toward retraining than after 100 (0.85 and 1.05 of the
-    # way for remove and correct, against 0.69 and 0.80) in 60% of the time.
+    # 60 steps: the edited records move further toward retraining than after 100 (with 96 facts: 0.85 and
+    # 1.05 of the way for remove and correct, against 0.69 and 0.80) in 60% of the time. 48 facts halve the
+    # fits' cost for CI and still move them 0.65 and 0.82 of the way.
     fit = LoraFit(rank=4, steps=60, lr=1e-2, weight_decay=0.3)
     fit_lora(base, paths["train"], folder / "original", fit)
     fit_lora(base, paths["clean"], folder / "retrained", fit)

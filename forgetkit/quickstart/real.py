@@ -45,8 +45,11 @@ TEACH = FineTuneConfig(lr=2e-3, epochs=16, batch_size=8, warmup_steps=4, weight_
                        check_every=2, seed=SEED)
 # Measured: lr 1e-3, retain weight 1: forget ROUGE-L 0.79 -> 0.04, retain 0.76 -> 0.63 (-17%); lr 7e-4,
 # weight 2: forget 0.83 -> 0.10, retain -11% (no replay), -44% (replay in the kept set, diluting the people).
+# 16 kept records beside every 4 forgotten ones: with 4, half of them replayed general answers, the kept
+# people lost as much as the forgotten ones (retain ROUGE-L -69%).
 UNLEARN = UnlearnParams(loss="ihl", loss_params={"retain_weight": "3"},
-                        train=TrainConfig(lr=5e-4, epochs=6, batch_size=4, micro_batch_size=4, seed=SEED))
+                        train=TrainConfig(lr=5e-4, epochs=6, batch_size=4, micro_batch_size=4, seed=SEED,
+                                          retain_micro_batch_size=16))
 RANK = 8
 MAX_NEW_TOKENS = 24
 CANARY_CANDIDATES = 63
