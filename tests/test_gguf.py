@@ -97,12 +97,9 @@ def test_killed_conversion_leaves_nothing_that_looks_finished(tiny_gguf, cache, 
     digest = sha256_file(tiny_gguf)
     target = cache / "gguf" / digest[:16]
 
-    def killed(path, digest, folder, shortcut):
-        from forgetkit.artifacts import atomic_folder
-
-        with atomic_folder(folder) as staging:
-            (staging / "config.json").write_text("{}")
-            raise KeyboardInterrupt
+    def killed(path, digest, staging, shortcut):
+        (staging / "config.json").write_text("{}")
+        raise KeyboardInterrupt
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(gguf_convert, "_convert", killed)

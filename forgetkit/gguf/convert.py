@@ -11,11 +11,11 @@ A conversion is staged in a hidden sibling and renamed into place when complete,
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
-from forgetkit.artifacts import atomic_folder, sha256_file
+from forgetkit.artifacts import sha256_file
+from forgetkit.cache import cached_folder
 from forgetkit.console import console
 from forgetkit.errors import ForgetkitError
 from forgetkit.gguf.sources import SHORTCUTS, check_gguf, gguf_file_of
@@ -50,19 +50,9 @@ def converted_folder(model_ref: str) -> tuple[Path, str]:
     path = gguf_file_of(model_ref)
     digest = sha256_file(path)
     folder = conversions_root() / gguf_fingerprint(digest)
-    if _finished(folder, digest):
-        return folder, digest
-    from filelock import FileLock
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if _finished(folder, digest):  # another process converted it while this one waited
-            return folder, digest
-        for leftover in folder.parent.glob(f".{folder.name}.*.partial"):
-            shutil.rmtree(leftover, ignore_errors=True)  # a killed conversion's staging folder
-        if folder.exists():
-            shutil.rmtree(folder)  # no marker: not one of ours, or from an older layout
-        _convert(path, digest, folder, shortcut=model_ref if model_ref in SHORTCUTS else None)
+    shortcut = model_ref if model_ref in SHORTCUTS else None
+    # A folder without the marker (not one of ours, or an older layout) is replaced when the new one lands.
+    cached_folder(folder, lambda f: _finished(f, digest), lambda staging: _convert(path, digest, staging, shortcut))
     return folder, digest
 
 
@@ -74,14 +64,15 @@ def _finished(folder: Path, digest: str) -> bool:
     return bool(source) and source.get("sha256") == digest and (folder / "config.json").is_file()
 
 
-def _convert(path: Path, digest: str, folder: Path, shortcut: str | None) -> None:
+def _convert(path: Path, digest: str, staging: Path, shortcut: str | None) -> None:
+    """Dequantise ``path`` into ``staging`` (renamed into the cache by ``cached_folder`` when complete)."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     architecture = check_gguf(path)
     console.print(f"converting {path.name} ({path.stat().st_size / 2**20:.0f} MiB GGUF) to a cached transformers "
-                  f"folder, once: {folder}")
+                  f"folder, once")
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -94,21 +85,20 @@ def _convert(path: Path, digest: str, folder: Path, shortcut: str | None) -> Non
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_folder(folder) as staging:
-        model.save_pretrained(str(staging))
-        tokenizer.save_pretrained(str(staging))
-        _drop_phantom_tokens(staging, model.get_input_embeddings().weight.shape[0])
-        # Written last: its presence is what marks the folder finished.
-        (staging / SOURCE_FILE).write_text(json.dumps({
-            "sha256": digest,
-            "file": path.name,
-            "path": str(path.resolve()),
-            "bytes": path.stat().st_size,
-            "shortcut": shortcut,
-            "architecture": architecture,
-            "transformers_version": transformers.__version__,
-            "seconds": round(time.perf_counter() - started, 1),
-        }, indent=2) + "\n")
+    model.save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    _drop_phantom_tokens(staging, model.get_input_embeddings().weight.shape[0])
+    # Written last: its presence is what marks the folder finished.
+    (staging / SOURCE_FILE).write_text(json.dumps({
+        "sha256": digest,
+        "file": path.name,
+        "path": str(path.resolve()),
+        "bytes": path.stat().st_size,
+        "shortcut": shortcut,
+        "architecture": architecture,
+        "transformers_version": transformers.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+    }, indent=2) + "\n")
     console.print(f"converted in {time.perf_counter() - started:.0f}s")
 
 
