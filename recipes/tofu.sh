@@ -2,6 +2,7 @@
 # TOFU at CPU scale through the CLI: IHL + FILA (rank 8) on the forget authors, audited against the
 # retain-only reference with every attack. The whole method x init x rank grid is `python bench/tofu.py`.
 # Usage: recipes/tofu.sh [WORKDIR] [bench/tofu.py subset options, e.g. --forget-authors 1 --retain-authors 3 --holdout-authors 1]
+# RELEARN_STEPS (default 30) sets the relearning attack's budget.
 # A real model on the whole benchmark (GPU): recipes/tofu.sh runs/tofu-phi --model microsoft/phi-1_5 --full
 set -euo pipefail
 WORK=${1:-runs/tofu-recipe}
@@ -23,4 +24,4 @@ forgetkit init "$FULL" --fisher "$WORK/fisher.safetensors" --scheme fila --rank 
 forgetkit unlearn "$FULL" "$DATA/forget.jsonl" --retain "$DATA/retain.jsonl" --init "$WORK/init" \
   --loss ihl --lr 1e-3 --epochs 5 --batch-size 8 --micro-batch-size 8 -o "$WORK/adapter"
 forgetkit audit "$FULL" --adapter "$WORK/adapter" "${SETS[@]}" --reference-report "$WORK/reference.json" \
-  --suite tofu,mia --attacks all --relearn-steps 30 --samples 8 --max-new-tokens 64 -o "$WORK/report.json"
+  --suite tofu,mia --attacks all --relearn-steps "${RELEARN_STEPS:-30}" --samples 8 --max-new-tokens 64 -o "$WORK/report.json"

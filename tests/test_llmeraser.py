@@ -123,7 +123,7 @@ def test_hessian_vector_product_matches_finite_differences(tiny_lora):
 
 
 def test_gauss_newton_product_is_j_transpose_hz_j(tiny_lora):
-    """Against the explicit matrix: J from torch.func.jacrev, H_z written out per token."""
+    """Against the explicit matrix: J from torch.func.jacfwd (fewer parameters than outputs), H_z written out per token."""
     model, params, examples, pad = tiny_lora
     from forgetkit.data import collate
 
@@ -149,7 +149,7 @@ def test_gauss_newton_product_is_j_transpose_hz_j(tiny_lora):
                 "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}).logits
             return out[0]
 
-        jacobian = torch.func.jacrev(logits_of_flat)(flat0)  # (positions, vocab, parameters); t predicts t + 1
+        jacobian = torch.func.jacfwd(logits_of_flat)(flat0)  # (positions, vocab, parameters); t predicts t + 1
         logits, _, mask = shift(logits_of_flat(flat0).unsqueeze(0), batch["labels"])
         probs = torch.softmax(logits[0], -1)
         for position in torch.nonzero(mask[0]).flatten().tolist():

@@ -24,7 +24,7 @@ from forgetkit.cache import cached_folder, has_model
 from forgetkit.console import console
 from forgetkit.locations import cache_root
 from forgetkit.quickstart.corpus import make_splits
-from forgetkit.quickstart.general import REPLAY_QUESTIONS, score
+from forgetkit.quickstart.general import REPLAY_QUESTIONS, answers_right, score
 from forgetkit.quickstart.run import SPLITS, extraction_checks, extraction_rows, print_outcome, relative_drop, write_jsonl
 from forgetkit.stages.audit import AuditParams, run_audit
 from forgetkit.stages.common import table
@@ -34,7 +34,8 @@ from forgetkit.stages.merge import MergeParams, run_merge
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
 from forgetkit.training import TrainConfig
 
-RECIPE_VERSION = 4  # 2: general-knowledge replay; 3: a gentler teaching step; 4: LoRA on the MLPs only
+RECIPE_VERSION = 5  # 2: general-knowledge replay; 3: a gentler teaching step; 4: LoRA on the MLPs only;
+# 5: only right answers replayed
 SEED = 0
 PEOPLE = dict(people=10, forget=2, holdout=2)
 TEACH_RANK = 16
@@ -75,7 +76,8 @@ def ensure_taught_model(model_ref: str, cache: Path | None = None) -> Path:
         splits = {name: qa_only(rows) for name, rows in make_splits(seed=SEED, **PEOPLE).items()}
         for name in SPLITS:
             write_jsonl(staging / f"{name}.jsonl", splits[name])
-        replay = own_answers(loaded, REPLAY_QUESTIONS)
+        replay = right_answers(own_answers(loaded, [q for q, _ in REPLAY_QUESTIONS]), dict(REPLAY_QUESTIONS))
+        console.print(f"replaying the {len(replay)} of {len(REPLAY_QUESTIONS)} general questions the model answers right")
         write_jsonl(staging / "replay.jsonl", replay)
         write_jsonl(staging / "train.jsonl", splits["forget"] + splits["retain"] + replay)
         _, examples = load_examples(str(staging / "train.jsonl"), loaded)
@@ -103,6 +105,11 @@ def own_answers(loaded, questions) -> list[dict]:
     examples = encode(records, loaded.tokenizer, context_length=loaded.context_length)
     answers = greedy_answers(loaded.model, loaded.tokenizer, examples, GENERAL_MAX_NEW_TOKENS, batch_size=16)
     return [{"question": q, "answer": a} for q, a in zip(questions, answers) if a.strip()]
+
+
+def right_answers(records: list[dict], terms: dict[str, str]) -> list[dict]:
+    """The records whose answer names the expected term of their question."""
+    return [r for r in records if answers_right(r["answer"], terms[r["question"]])]
 
 
 def general_knowledge(model_ref: str, adapter: str | None, reference_answers: list[str] | None = None) -> dict:
