@@ -131,6 +131,9 @@ class Example:
     labels: list[int]  # IGNORE_INDEX where no loss is taken
     prompt_length: int  # tokens before the first target token
     index: int  # position in the record list
+    # The same record with its secret swapped for same-format strings, for losses that compare a
+    # secret with its twins (``UnlearningLoss.prepare_examples``); empty otherwise.
+    twins: tuple["Example", ...] = ()
 
 
 # Fields the audit's prompt attacks set on copies of records (never read from data files' meaning):
@@ -213,7 +216,13 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.T
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
     index = torch.tensor([e.index for e in examples], dtype=torch.long)
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "index": index}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "index": index}
+    twins = [(row, twin) for row, example in enumerate(examples) for twin in example.twins]
+    if twins:
+        twin_batch = collate([twin for _, twin in twins], pad_token_id)
+        batch.update({f"twin_{key}": twin_batch[key] for key in ("input_ids", "labels", "attention_mask")})
+        batch["twin_owner"] = torch.tensor([row for row, _ in twins], dtype=torch.long)  # the batch row it copies
+    return batch
 
 
 def batches(examples: Sequence[Example], batch_size: int, generator: torch.Generator | None = None) -> list[list[Example]]:

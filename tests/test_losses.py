@@ -172,3 +172,70 @@ def test_unseen_loss_is_zero_when_forget_looks_like_holdout():
     terms = MatchUnseen(retain_weight=0.0, targets="current")(
         LossContext(model=RecordLogits(table), forget=same, retain=same, holdout=same))
     assert terms["loss"].item() < 1e-10
+
+
+def test_unseen_canary_term_puts_each_secret_at_its_twins_median():
+    """L_canary = mean_r ((s_r - m_r) / n_r)^2 by hand, through collate's twin rows."""
+    from forgetkit.data import Example, collate
+    from forgetkit.losses.unseen import MatchUnseen
+
+    torch.manual_seed(5)
+    table = torch.randn(8, 4, 5) * 2  # records 0, 1 forgotten; 2-4 twins of 0, 5-7 twins of 1
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 1, 3]
+
+    def example(i, twins=()):
+        return Example(input_ids=[i, 0, 0, 0], labels=labels, prompt_length=2, index=i, twins=tuple(twins))
+
+    forget = collate([example(0, [example(2), example(3), example(4)]), example(1, [example(j) for j in (5, 6, 7)])], 0)
+    assert forget["twin_owner"].tolist() == [0, 0, 0, 1, 1, 1] and forget["twin_input_ids"].shape == (6, 4)
+    plain = collate([example(0), example(1)], 0)
+    assert "twin_owner" not in plain
+
+    def summed_nll(i):
+        return _hand_statistics(table[i].tolist(), labels)[0] * 2  # mean over the 2 target tokens, summed
+
+    expected = sum(((summed_nll(r) - sorted(summed_nll(j) for j in twins)[1]) / 2) ** 2
+                   for r, twins in ((0, (2, 3, 4)), (1, (5, 6, 7)))) / 2
+    model = RecordLogits(table)
+    ctx = LossContext(model=model, forget=forget, retain=plain, holdout=plain)
+    with_canary = MatchUnseen(retain_weight=0.0, targets="current")(ctx)
+    assert abs(with_canary["match_canary"].item() - expected) < 1e-5
+    without = MatchUnseen(retain_weight=0.0, targets="current", canary_weight=0.0)(ctx)
+    assert "match_canary" not in without
+    no_secrets = MatchUnseen(retain_weight=0.0, targets="current")(LossContext(model=model, forget=plain, retain=plain, holdout=plain))
+    assert no_secrets["match_canary"].item() == 0.0  # logged at every step, so the log's columns stay the same
+    assert abs(with_canary["loss"].item() - without["loss"].item() - expected) < 1e-5
+    # The twins are a target: no gradient reaches them.
+    with_canary["match_canary"].backward()
+    assert model.table.grad[[0, 1]].abs().sum() > 0 and model.table.grad[2:].abs().sum() == 0
+
+
+def test_unseen_attaches_twins_drawn_apart_from_the_audit_candidates():
+    from forgetkit.data import Record
+    from forgetkit.losses.unseen import MatchUnseen
+    from forgetkit.metrics.canary import candidates
+
+    secret = "761-440-9852"
+    with_secret = Record(fields={"question": "Phone?", "answer": f"It is {secret}.", "secret": secret}, source="f.jsonl:1")
+    plain = Record(fields={"question": "Born?", "answer": "In 1985."}, source="f.jsonl:2")
+    encoded = []
+
+    def encode(records):
+        encoded.append([r["answer"] for r in records])
+        return [f"encoded {r['answer']}" for r in records]
+
+    out = MatchUnseen(canary_twins=5).prepare_examples([with_secret, plain], [_blank(0), _blank(1)], encode)
+    assert out[0].twins == tuple(f"encoded {a}" for a in encoded[0]) and out[1].twins == ()
+    twins = [a[len("It is "):-1] for a in encoded[0]]
+    assert len(set(twins)) == 5 and secret not in twins
+    assert all(len(t) == len(secret) and t[3] == t[7] == "-" for t in twins)  # the secret's format
+    assert not set(twins) & set(candidates(secret, 1000))  # not the audit's candidates
+    assert MatchUnseen(canary_twins=0).prepare_examples([with_secret], [_blank(0)], encode)[0].twins == ()
+    with pytest.raises(ForgetkitError, match="canary_twins must be 0 or more"):
+        MatchUnseen(canary_twins=-1)
+
+
+def _blank(index):
+    from forgetkit.data import Example
+
+    return Example(input_ids=[0, 1], labels=[IGNORE_INDEX, 1], prompt_length=1, index=index)

@@ -275,3 +275,8 @@ def test_unseen_loss_trains_on_held_out_micro_batches_and_needs_them(tiny_models
     # held-out records differ, so the matching loss is positive and the gaps are measured numbers.
     assert meta.results["steps"] == 4 and terms["match_nll"] > 0 and terms["match_min_k_pp"] > 0
     assert all(v == v for v in terms.values()) and "gap_nll" in terms
+    # 4 of the 16 records hold a secret: their twins went through collate and the trainer to the loss, and
+    # the canary term is logged at every step (zero on micro-batches without a secret).
+    log = json.loads((tmp_path / "b" / "training_log.json").read_text())
+    canary = [entry["match_canary"] for entry in log]
+    assert len(canary) == 4 and any(value > 0 for value in canary)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgetkit.data import IGNORE_INDEX, Record
+from forgetkit.data import IGNORE_INDEX, Example, Record
 
 Batch = dict[str, torch.Tensor]
 
@@ -47,6 +47,12 @@ class UnlearningLoss:
     def prepare_forget(self, records: Sequence[Record]) -> list[Record]:
         """Hook to rewrite forget records before encoding (e.g. swap answers for refusals)."""
         return list(records)
+
+    def prepare_examples(self, records: Sequence[Record], examples: list[Example],
+                         encode: Callable[[Sequence[Record]], list[Example]]) -> list[Example]:
+        """Hook to attach more to each encoded forget example (e.g. its secret's twins); ``encode``
+        encodes records the way the forget set was."""
+        return examples
 
     def __call__(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError

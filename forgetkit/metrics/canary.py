@@ -36,9 +36,10 @@ def secret_location(record: Record) -> str:
     raise ForgetkitError(f"{record.source}: the secret does not occur in the record's answer or text")
 
 
-def candidates(secret: str, count: int) -> list[str]:
-    """Up to ``count`` distinct same-format strings, the true secret not among them."""
-    rng = random.Random(int.from_bytes(hashlib.sha256(secret.encode()).digest()[:8], "big"))
+def candidates(secret: str, count: int, salt: str = "") -> list[str]:
+    """Up to ``count`` distinct same-format strings, the true secret not among them. ``salt`` draws
+    another set (training's twins use one, so they are not the audit's candidates)."""
+    rng = random.Random(int.from_bytes(hashlib.sha256((salt + secret).encode()).digest()[:8], "big"))
     has_digits = any(c.isdigit() for c in secret)
 
     def draw() -> str:
@@ -64,14 +65,24 @@ def candidates(secret: str, count: int) -> list[str]:
 
 def candidate_records(record: Record, count: int) -> list[Record]:
     """The record itself first, then one copy per candidate with the secret swapped in."""
+    options = record.get("secret_candidates") or candidates(record["secret"], count)
+    return [record] + swapped(record, options)
+
+
+def twin_records(record: Record, count: int) -> list[Record]:
+    """``count`` copies of the record with its secret swapped for same-format strings drawn apart from
+    the audit's candidates (another salt; a format with few strings may share some)."""
+    return swapped(record, candidates(record["secret"], count, salt=TWIN_SALT))
+
+
+TWIN_SALT = "forgetkit-training-twins:"
+
+
+def swapped(record: Record, options: list[str]) -> list[Record]:
     key = secret_location(record)
     secret = record["secret"]
-    options = record.get("secret_candidates") or candidates(secret, count)
-    return [record] + [
-        Record(fields={**record.fields, key: record[key].replace(secret, option)}, source=record.source)
-        for option in options
-        if option != secret
-    ]
+    return [Record(fields={**record.fields, key: record[key].replace(secret, option)}, source=record.source)
+            for option in options if option != secret]
 
 
 def exposure(true_nll: float, candidate_nlls: list[float]) -> float:

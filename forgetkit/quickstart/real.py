@@ -7,9 +7,10 @@
    pretrained model answers right, ``forgetkit.quickstart.general``), measured on the pretrained,
    fine-tuned and unlearned models.
 
-Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only, and 40
-general questions replayed with the pretrained model's own answers (taught beside the people, kept
-while unlearning) so that neither the teaching nor the unlearning wipes out what pretraining gave.
+Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only, and the
+general questions of a second set (80) that the pretrained model answers right, replayed with its own
+answers (taught beside the people, kept while unlearning) so that neither the teaching nor the
+unlearning wipes out what pretraining gave.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
 from forgetkit.training import TrainConfig
 
 RECIPE_VERSION = 5  # 2: general-knowledge replay; 3: a gentler teaching step; 4: LoRA on the MLPs only;
-# 5: only right answers replayed
+# 5: only right answers replayed, of 80 questions
 SEED = 0
 PEOPLE = dict(people=10, forget=2, holdout=2)
 TEACH_RANK = 16

@@ -13,6 +13,7 @@ from forgetkit import registry
 from forgetkit.adapters import add_reference_adapter, build_peft_model, load_init_adapter, lora_config, save_adapter
 from forgetkit.artifacts import Metadata, atomic_folder, check_artifact, input_record, write_folder_metadata, write_json
 from forgetkit.console import console
+from forgetkit.data import encode
 from forgetkit.distributed import gather_objects, main_writes, make_accelerator, ranks_of, shard_base, sharded_base_requested
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
@@ -98,7 +99,10 @@ def run_unlearn(
         wording["templates"] = used_templates(records, params.rewordings)
         return loss_fn.prepare_forget(reworded(records, params.rewordings))
 
-    _, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=prepare_forget)
+    forget_records, forget_examples = load_examples(forget, loaded, truncate=params.truncate, prepare=prepare_forget)
+    forget_examples = loss_fn.prepare_examples(
+        forget_records, forget_examples,
+        lambda records: encode(records, tokenizer, context_length=loaded.context_length, truncate=params.truncate))
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else None
     holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)[1] if holdout else None
     # The stopping rule measures the original forget targets, not a loss's rewritten ones (idk).
@@ -232,8 +236,13 @@ def _print_summary(result, output: Path) -> None:
     per_epoch: dict[int, list[dict]] = {}
     for entry in result.log:
         per_epoch.setdefault(entry["epoch"], []).append(entry)
-    keys = [k for k in (result.log[-1] if result.log else {}) if k not in ("epoch", "step")]
-    rows = [[epoch] + [sum(e[k] for e in entries) / len(entries) for k in keys] for epoch, entries in per_epoch.items()]
+    keys = list(dict.fromkeys(k for entry in result.log for k in entry if k not in ("epoch", "step")))
+
+    def mean_of(entries: list[dict], key: str) -> float | None:
+        values = [e[key] for e in entries if key in e]  # a plugin loss may log a term only at some steps
+        return sum(values) / len(values) if values else None
+
+    rows = [[epoch] + [mean_of(entries, k) for k in keys] for epoch, entries in per_epoch.items()]
     console.print(table("Unlearning (mean per epoch)", ["epoch", *keys], rows))
     if result.stopped_early:
         console.print(result.stopped_early)
