@@ -34,18 +34,3 @@ def test_a_retain_drop_over_10_percent_fails():
     out = summarise(results, {"pretrained": general(1.0), "taught": general(1.0), "unlearned": general(1.0)},
                     {"epochs": 8, "answer_accuracy": 0.98, "seconds": 1.0}, 1.0)
     assert not out["checks"]["retain ROUGE-L within 10%"] and out["checks"]["forget ROUGE-L down >= 80%"]
-
-
-def test_only_right_general_answers_are_replayed():
-    """Replaying the model's wrong answers teaches them: an answer is kept only if it names the term."""
-    from forgetkit.quickstart.general import REPLAY_QUESTIONS, answers_right
-    from forgetkit.quickstart.real import right_answers
-
-    terms = dict(REPLAY_QUESTIONS)
-    records = [{"question": "What is the capital of Turkey?", "answer": "The capital of Turkey is Istanbul."},
-               {"question": "What is the capital of Brazil?", "answer": "Brasília, since 1960."},
-               {"question": "How many legs does a spider have?", "answer": "A spider has 8 legs."},
-               {"question": "What is the square root of 64?", "answer": "It is 128."}]
-    assert [r["question"] for r in right_answers(records, terms)] == [records[1]["question"], records[2]["question"]]
-    assert answers_right("Brasilia", terms["What is the capital of Brazil?"]) and not answers_right("Romeo", "Rome")
-    assert len(terms) == len(REPLAY_QUESTIONS) == 80  # one term per question, none repeated

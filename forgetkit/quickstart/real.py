@@ -7,10 +7,9 @@
    pretrained model answers right, ``forgetkit.quickstart.general``), measured on the pretrained,
    fine-tuned and unlearned models.
 
-Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only, and the
-general questions of a second set (80) that the pretrained model answers right, replayed with its own
-answers (taught beside the people, kept while unlearning) so that neither the teaching nor the
-unlearning wipes out what pretraining gave.
+Sized for a CPU: 10 people (2 forgotten, 6 kept, 2 never seen), question/answer records only, and 40
+general questions replayed with the pretrained model's own answers (taught beside the people, kept
+while unlearning) so that neither the teaching nor the unlearning wipes out what pretraining gave.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from forgetkit.cache import cached_folder, has_model
 from forgetkit.console import console
 from forgetkit.locations import cache_root
 from forgetkit.quickstart.corpus import make_splits
-from forgetkit.quickstart.general import REPLAY_QUESTIONS, answers_right, score
+from forgetkit.quickstart.general import REPLAY_QUESTIONS, score
 from forgetkit.quickstart.run import SPLITS, extraction_checks, extraction_rows, print_outcome, relative_drop, write_jsonl
 from forgetkit.stages.audit import AuditParams, run_audit
 from forgetkit.stages.common import table
@@ -35,8 +34,7 @@ from forgetkit.stages.merge import MergeParams, run_merge
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
 from forgetkit.training import TrainConfig
 
-RECIPE_VERSION = 5  # 2: general-knowledge replay; 3: a gentler teaching step; 4: LoRA on the MLPs only;
-# 5: only right answers replayed, of 80 questions
+RECIPE_VERSION = 4  # 2: general-knowledge replay; 3: a gentler teaching step; 4: LoRA on the MLPs only
 SEED = 0
 PEOPLE = dict(people=10, forget=2, holdout=2)
 TEACH_RANK = 16
@@ -77,8 +75,7 @@ def ensure_taught_model(model_ref: str, cache: Path | None = None) -> Path:
         splits = {name: qa_only(rows) for name, rows in make_splits(seed=SEED, **PEOPLE).items()}
         for name in SPLITS:
             write_jsonl(staging / f"{name}.jsonl", splits[name])
-        replay = right_answers(own_answers(loaded, [q for q, _ in REPLAY_QUESTIONS]), dict(REPLAY_QUESTIONS))
-        console.print(f"replaying the {len(replay)} of {len(REPLAY_QUESTIONS)} general questions the model answers right")
+        replay = own_answers(loaded, REPLAY_QUESTIONS)
         write_jsonl(staging / "replay.jsonl", replay)
         write_jsonl(staging / "train.jsonl", splits["forget"] + splits["retain"] + replay)
         _, examples = load_examples(str(staging / "train.jsonl"), loaded)
@@ -106,11 +103,6 @@ def own_answers(loaded, questions) -> list[dict]:
     examples = encode(records, loaded.tokenizer, context_length=loaded.context_length)
     answers = greedy_answers(loaded.model, loaded.tokenizer, examples, GENERAL_MAX_NEW_TOKENS, batch_size=16)
     return [{"question": q, "answer": a} for q, a in zip(questions, answers) if a.strip()]
-
-
-def right_answers(records: list[dict], terms: dict[str, str]) -> list[dict]:
-    """The records whose answer names the expected term of their question."""
-    return [r for r in records if answers_right(r["answer"], terms[r["question"]])]
 
 
 def general_knowledge(model_ref: str, adapter: str | None, reference_answers: list[str] | None = None) -> dict:
