@@ -24,6 +24,9 @@ import string
 from forgetkit.data import Record
 from forgetkit.errors import ForgetkitError
 
+# Training's twins of a secret are drawn with this salt, the audit's candidates without: never the same draw.
+TWIN_SALT = "forgetkit-training-twins:"
+
 
 def secret_location(record: Record) -> str:
     """The field that holds the secret, with a clear error when none does."""
@@ -73,9 +76,6 @@ def twin_records(record: Record, count: int) -> list[Record]:
     """``count`` copies of the record with its secret swapped for same-format strings drawn apart from
     the audit's candidates (another salt; a format with few strings may share some)."""
     return swapped(record, candidates(record["secret"], count, salt=TWIN_SALT))
-
-
-TWIN_SALT = "forgetkit-training-twins:"
 
 
 def swapped(record: Record, options: list[str]) -> list[Record]:
