@@ -189,7 +189,12 @@ def test_push_and_pull_through_a_local_hub(published, tmp_path):
         refused = cli("push", published["adapter"], "--repo-id", "alice/other", "--report", published["report"],
                       env={**anonymous, "HF_HOME": str(tmp_path / "empty-hf-home")})
         assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: no Hugging Face token")
-        assert len(hub.requests) == sent and "alice/other" not in hub.repos
+        # Libraries may look things up on their own when imported (huggingface_hub's agent registry, the
+        # kernels package's publisher check, both GETs of public data); forgetkit sends nothing: no write,
+        # nothing about the repository.
+        extra = hub.requests[sent:]
+        assert all(method == "GET" and "alice" not in path for method, path, _ in extra), extra
+        assert "alice/other" not in hub.repos
 
         # A Hub id wherever an adapter folder is taken: merge fetches it through the cache.
         merged = cli("merge", published["model"], "alice/forgot-tiny@exp", "-o", tmp_path / "merged", env=env)

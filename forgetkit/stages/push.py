@@ -200,11 +200,17 @@ def _scrub(message: str) -> str:
     return message.replace(token, "***") if token else message
 
 
-def upload(folder: Path, params: PushParams) -> dict[str, Any]:
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+def require_token() -> None:
+    from huggingface_hub import get_token
 
     if get_token() is None:
         raise ForgetkitError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
+
+
+def upload(folder: Path, params: PushParams) -> dict[str, Any]:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    require_token()
     api = HfApi()
     try:
         api.create_repo(params.repo_id, private=params.private or None, exist_ok=True, repo_type="model")
@@ -240,6 +246,10 @@ def run_push(adapter: str | Path, params: PushParams) -> dict[str, Any]:
         raise ForgetkitError(f"--repo-id '{params.repo_id}': expected OWNER/NAME")
     if params.report and params.no_report:
         raise ForgetkitError("give either --report or --no-report, not both")
+    if params.dry_run is None:
+        # First, before anything loads a library that may call the Hub on its own (transformers' kernel
+        # checks, huggingface_hub's agent registry): without a token nothing at all is sent.
+        require_token()
     meta = check_adapter(adapter)
     if base_hub_id(meta, params.base_model) is None:
         console.print(f"[yellow]note[/]: the base model {meta.base_model.model_id} is a local folder, so the card "
