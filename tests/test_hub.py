@@ -189,9 +189,8 @@ def test_push_and_pull_through_a_local_hub(published, tmp_path):
         refused = cli("push", published["adapter"], "--repo-id", "alice/other", "--report", published["report"],
                       env={**anonymous, "HF_HOME": str(tmp_path / "empty-hf-home")})
         assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: no Hugging Face token")
-        # Libraries may look things up on their own when imported (huggingface_hub's agent registry, the
-        # kernels package's publisher check, both GETs of public data); forgetkit sends nothing: no write,
-        # nothing about the repository.
+        # Libraries look things up on their own (huggingface_hub's agent registry, the kernels package's
+        # publisher check: GETs of public data); forgetkit sends nothing: no write, nothing about the repository.
         extra = hub.requests[sent:]
         assert all(method == "GET" and "alice" not in path for method, path, _ in extra), extra
         assert "alice/other" not in hub.repos

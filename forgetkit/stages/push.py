@@ -210,8 +210,7 @@ def require_token() -> None:
 def upload(folder: Path, params: PushParams) -> dict[str, Any]:
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    require_token()
-    api = HfApi()
+    api = HfApi()  # run_push checked the token first
     try:
         api.create_repo(params.repo_id, private=params.private or None, exist_ok=True, repo_type="model")
         if params.revision and params.revision != "main":
@@ -247,9 +246,7 @@ def run_push(adapter: str | Path, params: PushParams) -> dict[str, Any]:
     if params.report and params.no_report:
         raise ForgetkitError("give either --report or --no-report, not both")
     if params.dry_run is None:
-        # First, before anything loads a library that may call the Hub on its own (transformers' kernel
-        # checks, huggingface_hub's agent registry): without a token nothing at all is sent.
-        require_token()
+        require_token()  # before the folder is built and scanned: without a token there is nothing to do
     meta = check_adapter(adapter)
     if base_hub_id(meta, params.base_model) is None:
         console.print(f"[yellow]note[/]: the base model {meta.base_model.model_id} is a local folder, so the card "
