@@ -148,6 +148,7 @@ def unlearn(
     retain_nll_rise: float = typer.Option(1.0, "--target-retain-nll-rise",
                                           help="--target with --retain: how far (nats) the retain answers' mean NLL may rise."),
     train_rewordings: int = typer.Option(0, "--train-rewordings", help="Also train each forget question under N training-only wordings (never the audit's)."),
+    null_space: Optional[float] = typer.Option(None, "--null-space", help="Let the adapter read only this share (0-1) of each layer's input directions: those the retain set uses least."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint."),
     method: str = typer.Option("train", "--method", help="train (a new LoRA, --loss) or llmeraser (edit --adapter)."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="llmeraser: the fine-tuned LoRA adapter to edit."),
@@ -205,6 +206,7 @@ def unlearn(
         model_dtype=model_dtype,
         truncate=truncate,
         gradient_checkpointing=gradient_checkpointing,
+        null_space=null_space,
     )
     run_unlearn(
         model, forget, output, params, retain=retain, init=init, holdout=holdout, resume=resume,

@@ -63,6 +63,14 @@ def test_fila_adapter_applies_to_the_original_base(tiny_models, data_dir, fila_i
     assert not (tmp_path / "adapter.checkpoints").exists()
 
 
+def test_null_space_refuses_an_init_that_rewrote_the_base(tiny_models, data_dir, fila_init, tmp_path):
+    with pytest.raises(ForgetkitError, match="--null-space needs an init that leaves the base as it is"):
+        run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget.jsonl"), tmp_path / "adapter",
+                    UnlearnParams(train=FAST, null_space=0.5), retain=str(data_dir / "retain_small.jsonl"),
+                    init=str(fila_init["llama"]))
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_reference_mode_is_the_original_model(tiny_models, fila_init):
     model_dir = str(tiny_models["llama"])
     original = logits(load_model(model_dir).model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -18,6 +19,7 @@ from forgetkit.distributed import gather_objects, main_writes, make_accelerator,
 from forgetkit.errors import ForgetkitError
 from forgetkit.metrics.extraction import exact_memorisation, extraction_likelihood, mean, teacher_forced
 from forgetkit.models import discover_targets, enable_gradient_checkpointing, load_model
+from forgetkit.nullspace import confine
 from forgetkit.plugins import load_loss
 from forgetkit.stages.common import load_examples, table
 from forgetkit.stopping import TargetMonitor, TargetParams
@@ -42,6 +44,7 @@ class UnlearnParams:
     model_dtype: str = "auto"
     truncate: bool = False
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass
+    null_space: float | None = None  # adapter reads only this share of input directions, those retain uses least
 
 
 def forgetting_status(model, tokenizer, forget, holdout) -> dict[str, float]:
@@ -82,6 +85,12 @@ def run_unlearn(
     # FSDP splits the base here; DeepSpeed's engine partitions it (ZeRO-3) when training starts.
     in_deepspeed = deepspeed_requested()
     sharded = sharded_base_requested() and ranks.world > 1 and not in_deepspeed
+    if params.null_space is not None and retain is None:
+        raise ForgetkitError("--null-space needs a retain set (--retain): it keeps the adapter off the directions retain uses")
+    if params.null_space is not None and not 0.0 < params.null_space < 1.0:
+        raise ForgetkitError(f"--null-space {params.null_space}: give the share of directions left free, between 0 and 1")
+    if params.null_space is not None and (sharded or in_deepspeed):
+        raise ForgetkitError("--null-space is not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet")
     if params.target is not None and (sharded or in_deepspeed):
         raise ForgetkitError("--target is not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet; "
                              "use --until-forgotten there, or a data-parallel launch")
@@ -115,6 +124,10 @@ def run_unlearn(
     if init is not None:
         init_meta = check_artifact(init, "init", loaded.info)
         mutates_base = bool(init_meta.results.get("mutates_base", False))
+        if mutates_base and params.null_space is not None:
+            # Projecting A would change the starting function: the base was rewritten to W - s B A.
+            raise ForgetkitError(f"{init}: --null-space needs an init that leaves the base as it is "
+                                 f"(this {init_meta.parameters.get('scheme', 'init')} init rewrote it); drop --init or --null-space")
         model = load_init_adapter(loaded.model, init, mutates_base)
         if loss_fn.needs_reference and mutates_base:
             add_reference_adapter(model, init)
@@ -124,6 +137,9 @@ def run_unlearn(
         alpha = float(params.alpha if params.alpha is not None else 2 * params.rank)
         model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, params.targets), rank, alpha))
 
+    confinement = None
+    if params.null_space is not None:
+        confinement = confine(model, retain_examples, tokenizer.pad_token_id, params.null_space)
     checkpointed = enable_gradient_checkpointing(model) if params.gradient_checkpointing else 0
     sharding = shard_base(model, ranks, accelerator.device) if sharded else None
 
@@ -152,24 +168,25 @@ def run_unlearn(
             return f"forgotten after epoch {epoch}: forget EL10 and EM at or below the held-out set's"
         return None
 
-    result = train(
-        model,
-        loss_fn,
-        forget_examples,
-        retain_examples,
-        tokenizer.pad_token_id,
-        params.train,
-        accelerator=accelerator,
-        bf16_autocast=accelerator.device.type == "cuda" and params.model_dtype != "float32",
-        checkpoint_dir=checkpoints,
-        resume=resume,
-        stop_check=stop_check,
-        check_every=params.target.check_every if params.target else 0,
-        holdout=holdout_examples,
-        # Every forward pass of a split base gathers weights across processes: all take the same number.
-        equal_passes=sharded or in_deepspeed,
-        deepspeed=in_deepspeed,
-    )
+    with confinement.after_every_step() if confinement else contextlib.nullcontext():
+        result = train(
+            model,
+            loss_fn,
+            forget_examples,
+            retain_examples,
+            tokenizer.pad_token_id,
+            params.train,
+            accelerator=accelerator,
+            bf16_autocast=accelerator.device.type == "cuda" and params.model_dtype != "float32",
+            checkpoint_dir=checkpoints,
+            resume=resume,
+            stop_check=stop_check,
+            check_every=params.target.check_every if params.target else 0,
+            holdout=holdout_examples,
+            # Every forward pass of a split base gathers weights across processes: all take the same number.
+            equal_passes=sharded or in_deepspeed,
+            deepspeed=in_deepspeed,
+        )
     sharding = sharding or result.sharded_base
     target_record = None
     if monitor is not None:
@@ -203,6 +220,11 @@ def run_unlearn(
             "processes": ranks.world,
             "sharded_base": sharding,  # blocks, and the weight bytes one process held against the whole model's
             "checkpointed_blocks": checkpointed,
+            # Per confined layer, the share of retain's input energy the adapter can still read.
+            "null_space_leak": (
+                {"max": max(confinement.leak.values()), "mean": sum(confinement.leak.values()) / len(confinement.leak)}
+                if confinement else None
+            ),
             "target": target_record,
             "forget_wording": wording,
         },
