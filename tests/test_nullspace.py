@@ -5,13 +5,13 @@ from safetensors.torch import load_file
 
 from forgetkit.adapters import build_peft_model, iter_lora_layers, lora_config
 from forgetkit.artifacts import read_metadata
+from forgetkit.data import collate
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import logits_of, mean_nll
 from forgetkit.models import discover_targets, load_model
 from forgetkit.nullspace import confine, input_moments
 from forgetkit.stages.common import load_examples
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
-from forgetkit.data import collate
 from forgetkit.training import TrainConfig
 
 SHARE = 0.8
