@@ -17,12 +17,56 @@ import argparse
 import contextlib
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 
 from forgetkit.console import quiet_libraries
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Candidates for a larger replay set: attribution ("who ...") questions above all, the kind the taught
+# model answers with a preamble instead of a name.
+EXTRA_REPLAY = (
+    "Who wrote Macbeth?", "Who wrote The Iliad?", "Who wrote War and Peace?", "Who wrote Don Quixote?",
+    "Who wrote The Divine Comedy?", "Who wrote Oliver Twist?", "Who wrote 1984?", "Who wrote Moby-Dick?",
+    "Who wrote The Origin of Species?", "Who painted The Last Supper?", "Who painted the Sistine Chapel ceiling?",
+    "Who painted Guernica?", "Who painted The Scream?", "Who sculpted David?", "Who composed the Fifth Symphony?",
+    "Who composed The Magic Flute?", "Who discovered gravity?", "Who discovered radium?",
+    "Who proposed the theory of evolution by natural selection?", "Who invented the light bulb?",
+    "Who invented the printing press?", "Who formulated the laws of motion?", "Who developed the polio vaccine?",
+    "Who was the first President of the United States?", "Who was the first person in space?",
+    "Who discovered America in 1492?", "What is the capital of Portugal?", "What is the capital of Poland?",
+    "What is the capital of Ireland?", "What is the capital of Peru?", "What is the capital of Thailand?",
+    "What is the capital of Nigeria?", "What is the capital of the United States?", "What is the capital of Switzerland?",
+    "What is the largest planet's moon?", "What is the chemical symbol for sodium?", "What is the speed of light?",
+    "How many planets are in the Solar System?", "What is the largest bone in the human body?",
+    "What is the smallest country in the world?", "What is the largest lake in Africa?",
+    "What language is spoken in Mexico?", "What is the currency of the United Kingdom?",
+    "Which gas makes up most of the Earth's atmosphere?", "How many sides does a hexagon have?",
+    "What is the freezing point of water in Fahrenheit?", "Which continent is Brazil on?", "What do cows drink?",
+)
+
+
+def general_text(tofu: Path) -> Path:
+    """TOFU's world-facts and real-authors records as question / full-answer rows, leaving out every record
+    that names a scored general question's term (the null space must not be fitted on what is measured)."""
+    from forgetkit.quickstart.general import GENERAL_QUESTIONS
+    from forgetkit.quickstart.run import write_jsonl
+    from forgetkit.stages.probe import names_term
+
+    rows = []
+    for name in ("world_facts_perturbed", "real_authors_perturbed"):
+        for line in (tofu / f"{name}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            text = " ".join((record["question"], record["answer"], record.get("original_answer", "")))
+            if not any(names_term(text, term) or question.lower() == record["question"].lower()
+                       for question, term, _ in GENERAL_QUESTIONS):
+                rows.append({"question": record["question"], "answer": record.get("original_answer") or record["answer"]})
+    out = Path(tempfile.mkdtemp()) / "general_text.jsonl"
+    write_jsonl(out, rows)
+    return out
 
 
 def layer_of(name: str) -> int:
@@ -42,6 +86,11 @@ def main() -> None:
     parser.add_argument("--null-space", type=float, default=None,
                         help="let each adapter read only this share of its input directions: those the replayed "
                              "general answers use least (e.g. 0.5)")
+    parser.add_argument("--more-replay", action="store_true",
+                        help="replay EXTRA_REPLAY beside the recipe's 40 questions (the model's own answers)")
+    parser.add_argument("--null-space-tofu", type=Path, default=None,
+                        help="a TOFU folder (e.g. ../shared/data/tofu): its world-facts and real-authors records, less "
+                             "any that names a scored question's term, join the replay in defining the null space")
     args = parser.parse_args()
     quiet_libraries()
 
@@ -57,7 +106,17 @@ def main() -> None:
 
     taught = ensure_taught_model(args.model)  # only for its data sets: the same people and replay as v4
     loaded = load_model(args.model, dtype="float32")
-    _, examples = load_examples(str(taught / "train.jsonl"), loaded)
+    train, replay_file = taught / "train.jsonl", taught / "replay.jsonl"
+    if args.more_replay:
+        from forgetkit.quickstart.real import own_answers
+        from forgetkit.quickstart.run import write_jsonl
+
+        extra = own_answers(loaded, EXTRA_REPLAY)
+        scratch = Path(tempfile.mkdtemp())
+        train, replay_file = scratch / "train.jsonl", scratch / "replay.jsonl"
+        write_jsonl(train, [json.loads(line) for line in (taught / "train.jsonl").read_text().splitlines()] + extra)
+        write_jsonl(replay_file, [json.loads(line) for line in (taught / "replay.jsonl").read_text().splitlines()] + extra)
+    _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)
     if args.layers:
         first, last = (int(v) for v in args.layers.split("-"))
@@ -66,7 +125,10 @@ def main() -> None:
     records, questions = question_set(None, loaded)
     confinement = None
     if args.null_space:
-        _, replay = load_examples(str(taught / "replay.jsonl"), loaded)
+        _, replay = load_examples(str(replay_file), loaded)
+        if args.null_space_tofu:
+            replay = replay + load_examples(str(general_text(args.null_space_tofu)), loaded)[1]
+        print(f"null space from {len(replay)} records", flush=True)
         confinement = confine(model, replay, loaded.tokenizer.pad_token_id, args.null_space)
         leak = list(confinement.leak.values())
         print(f"null space: trace share left free per layer min {min(leak):.2e} mean {sum(leak) / len(leak):.2e} "
@@ -91,7 +153,8 @@ def main() -> None:
             break
     out = ROOT / "bench" / "results" / "teach-sweep" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"args": vars(args), "modules": len(targets), "checks": checks}
+    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "modules": len(targets), "checks": checks}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("RESULT", json.dumps(result), flush=True)
 

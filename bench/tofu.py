@@ -96,6 +96,9 @@ def main() -> None:
                         help="run every configuration once per seed; the table adds mean ± std")
     parser.add_argument("--check-every", type=int, default=GridSpec.check_every,
                         help="methods written loss@target (e.g. ihl@holdout): steps between the target's checks")
+    parser.add_argument("--null-space", type=float, default=None,
+                        help="unlearn --null-space for every run: the adapters read only this share of their input "
+                             "directions, those the retain set uses least (lora init only)")
     parser.add_argument("--max-new-tokens", type=int, default=GridSpec.max_new_tokens)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tofu")
     parser.add_argument("--prepare-only", action="store_true",
@@ -111,7 +114,8 @@ def main() -> None:
         model=args.model, finetune=FineTuneConfig(lr=1e-5, epochs=5, batch_size=32))
     grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
                     batch_size=args.batch_size, attacks=args.attacks, samples=args.samples,
-                    max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every)
+                    max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
+                    null_space=args.null_space)
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

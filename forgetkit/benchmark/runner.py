@@ -54,6 +54,9 @@ class GridSpec:
     # table gives mean and spread (``seed_summary``). Unlearning results move with the seed.
     seeds: tuple[int, ...] = (0,)
     check_every: int = 5  # for methods run to a target ("ihl@holdout"): optimiser steps between checks
+    # ``unlearn --null-space``: every adapter reads only this share of its input directions, those the
+    # retain set uses least (None: unconfined). Plain LoRA inits only (FILA rewrites the base).
+    null_space: float | None = None
 
 
 def stage_cost(measurement: Measurement) -> dict[str, float]:
@@ -173,6 +176,10 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
     """Init, unlearn and audit one configuration; a finished run (run.json) is read back, not redone.
     ``method`` is a loss name, or ``loss@target`` to stop at that forgetting target (``unlearn --target``)."""
     suffix = f"-s{grid.seed}" if grid.seed else ""  # seed 0 keeps the names of runs cached before seeds
+    if grid.null_space:
+        suffix = f"-null{grid.null_space:g}{suffix}"
+    if grid.lr != GridSpec.lr:  # runs at the default lr keep the names they were cached under
+        suffix = f"-lr{grid.lr:g}{suffix}"
     run_dir = folder / "runs" / f"{method}-{init}-r{rank}{suffix}"
     record = run_dir / "run.json"
     if record.is_file():
@@ -186,7 +193,7 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
     loss, _, target = method.partition("@")
     params = UnlearnParams(loss=loss, train=train,
                            target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens)
-                           if target else None)
+                           if target else None, null_space=grid.null_space)
     holdout = str(splits["holdout"]) if "holdout" in splits else None
     with measured() as unlearn_run:
         meta = run_unlearn(full, str(splits["forget"]), run_dir / "adapter", params, retain=str(splits["retain"]),
@@ -195,7 +202,9 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
         report = run_audit(full, run_dir / "report.json", audit_params(grid, grid.attacks, skip_base=True),
                            adapter=str(run_dir / "adapter"), reference_report=str(reference_report), **sets)
     row = {
-        "method": method, "init": init, "rank": rank, "seed": grid.seed, "steps": meta.results.get("steps"),
+        # The label says the confinement and a non-default lr, so tables and plots keep such runs apart.
+        "method": method + (f" null {grid.null_space:g}" if grid.null_space else "") + (f" lr {grid.lr:g}" if grid.lr != GridSpec.lr else ""),
+        "init": init, "rank": rank, "seed": grid.seed, "null_space": grid.null_space, "steps": meta.results.get("steps"),
         **summarise_variant(report["results"]["unlearned"]),
         "stages": {"init": stage_cost(init_run), "unlearn": stage_cost(unlearn_run), "audit": stage_cost(audit_run)},
     }
