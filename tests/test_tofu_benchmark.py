@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from forgetkit.artifacts import read_metadata
 from forgetkit.benchmark.measure import measured
 from forgetkit.benchmark.runner import GridSpec, run_benchmark
 from forgetkit.benchmark.finetune import FineTuneConfig
@@ -132,6 +133,13 @@ def test_smallest_benchmark_memorises_then_forgets(bench_dir):
     # Everything is cached: a second run reads the finished run back instead of redoing it.
     again = run_benchmark(TOFU, bench_dir, SMALLEST, TargetSpec.tiny(), grid)
     assert again["runs"] == results["runs"]
+
+    # A confined grid at another lr: cached apart, labelled apart, the adapter confined.
+    confined = dataclasses.replace(grid, inits=("lora",), null_space=0.8, lr=5e-3)
+    (run,) = run_benchmark(TOFU, bench_dir, SMALLEST, TargetSpec.tiny(), confined)["runs"]
+    assert run["method"] == "ihl null 0.8 lr 0.005" and run["null_space"] == 0.8
+    adapter = next(bench_dir.glob("*/*/runs/ihl-lora-r8-lr0.005-null0.8/adapter"))
+    assert 0 < read_metadata(adapter).results["null_space_leak"]["max"] < 1
 
 
 @needs_tofu
