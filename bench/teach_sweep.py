@@ -3,6 +3,7 @@
     python bench/teach_sweep.py NAME [--targets mlp] [--layers 6-17] [--rank 16] [--lr 2e-3] [--epochs 12]
     python bench/teach_sweep.py mid-mlp --layers 6-17
     python bench/teach_sweep.py down-only --targets down_proj --lr 3e-3
+    python bench/teach_sweep.py mlp-free50-general --more-replay --null-space 0.5 --null-space-tofu ../shared/data/tofu
 
 Teaches the real quickstart's training set (the people and the replayed general answers, as recipe v4
 does) with LoRA on the chosen modules of the chosen layers, constant lr after 4 warm-up steps, and
