@@ -178,7 +178,10 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
     suffix = f"-s{grid.seed}" if grid.seed else ""  # seed 0 keeps the names of runs cached before seeds
     if grid.null_space:
         suffix = f"-null{grid.null_space:g}{suffix}"
-    if grid.lr != GridSpec.lr:  # runs at the default lr keep the names they were cached under
+    # Runs at the default lr and budget keep the names they were cached under.
+    if grid.epochs != GridSpec.epochs:
+        suffix = f"-e{grid.epochs}{suffix}"
+    if grid.lr != GridSpec.lr:
         suffix = f"-lr{grid.lr:g}{suffix}"
     run_dir = folder / "runs" / f"{method}-{init}-r{rank}{suffix}"
     record = run_dir / "run.json"
@@ -202,8 +205,9 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
         report = run_audit(full, run_dir / "report.json", audit_params(grid, grid.attacks, skip_base=True),
                            adapter=str(run_dir / "adapter"), reference_report=str(reference_report), **sets)
     row = {
-        # The label says the confinement and a non-default lr, so tables and plots keep such runs apart.
-        "method": method + (f" null {grid.null_space:g}" if grid.null_space else "") + (f" lr {grid.lr:g}" if grid.lr != GridSpec.lr else ""),
+        # The label says the confinement and a non-default lr or budget, so tables and plots keep such runs apart.
+        "method": method + (f" null {grid.null_space:g}" if grid.null_space else "") + (f" lr {grid.lr:g}" if grid.lr != GridSpec.lr else "")
+        + (f" {grid.epochs} epochs" if grid.epochs != GridSpec.epochs else ""),
         "init": init, "rank": rank, "seed": grid.seed, "null_space": grid.null_space, "steps": meta.results.get("steps"),
         **summarise_variant(report["results"]["unlearned"]),
         "stages": {"init": stage_cost(init_run), "unlearn": stage_cost(unlearn_run), "audit": stage_cost(audit_run)},
