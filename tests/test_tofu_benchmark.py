@@ -111,6 +111,21 @@ def test_seed_summary_gives_mean_and_sample_spread_per_configuration():
     assert "forget_quality" not in npo
 
 
+def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_apart():
+    from forgetkit.benchmark.runner import run_label, run_name
+
+    default = GridSpec()
+    # Runs at the defaults keep the folder names they were cached under before these options existed.
+    assert run_name("ihl", "fila", 8, default) == "ihl-fila-r8" and run_label("ihl", default) == "ihl"
+    assert run_name("ihl", "fila", 8, dataclasses.replace(default, seed=2)) == "ihl-fila-r8-s2"
+    grid = dataclasses.replace(default, lr=3e-3, epochs=15, null_space=0.8, seed=1)
+    assert run_name("ihl@holdout", "lora", 8, grid) == "ihl@holdout-lora-r8-lr0.003-e15-null0.8-s1"
+    assert run_label("ihl@holdout", grid) == "ihl@holdout lr 0.003 15 epochs null 0.8"
+    names = {run_name("ihl", "lora", 8, dataclasses.replace(default, **change))
+             for change in ({}, {"lr": 5e-3}, {"epochs": 10}, {"null_space": 0.5}, {"null_space": 0.8})}
+    assert len(names) == 5
+
+
 @needs_tofu
 def test_smallest_benchmark_memorises_then_forgets(bench_dir):
     grid = GridSpec(methods=("ihl",), inits=("fila",), ranks=(8,), attacks=(), max_new_tokens=48)
@@ -137,7 +152,7 @@ def test_smallest_benchmark_memorises_then_forgets(bench_dir):
     # A confined grid at another lr: cached apart, labelled apart, the adapter confined.
     confined = dataclasses.replace(grid, inits=("lora",), null_space=0.8, lr=5e-3)
     (run,) = run_benchmark(TOFU, bench_dir, SMALLEST, TargetSpec.tiny(), confined)["runs"]
-    assert run["method"] == "ihl null 0.8 lr 0.005" and run["null_space"] == 0.8
+    assert run["method"] == "ihl lr 0.005 null 0.8" and run["null_space"] == 0.8
     adapter = next(bench_dir.glob("*/*/runs/ihl-lora-r8-lr0.005-null0.8/adapter"))
     assert 0 < read_metadata(adapter).results["null_space_leak"]["max"] < 1
 

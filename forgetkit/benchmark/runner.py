@@ -171,19 +171,36 @@ def _finetune_stats(folder: Path) -> dict[str, Any]:
     return out
 
 
+def _departures(grid: GridSpec) -> list[tuple[str, str]]:
+    """(folder-name part, label part) for each way the grid departs from the default lr, budget and
+    confinement: such runs are cached and labelled apart, and runs at the defaults keep the names they
+    were cached under before these options existed."""
+    parts = []
+    if grid.lr != GridSpec.lr:
+        parts.append((f"-lr{grid.lr:g}", f"lr {grid.lr:g}"))
+    if grid.epochs != GridSpec.epochs:
+        parts.append((f"-e{grid.epochs}", f"{grid.epochs} epochs"))
+    if grid.null_space:
+        parts.append((f"-null{grid.null_space:g}", f"null {grid.null_space:g}"))
+    return parts
+
+
+def run_name(method: str, init: str, rank: int, grid: GridSpec) -> str:
+    """The run's cache folder name; seed 0 keeps the names of runs cached before seeds."""
+    return (f"{method}-{init}-r{rank}" + "".join(part for part, _ in _departures(grid))
+            + (f"-s{grid.seed}" if grid.seed else ""))
+
+
+def run_label(method: str, grid: GridSpec) -> str:
+    """The run's name in tables and plots: the method, and how the grid departs from the defaults."""
+    return " ".join([method, *(label for _, label in _departures(grid))])
+
+
 def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], folder: Path, reference_report: Path,
             fisher_path: Path, method: str, init: str, rank: int, grid: GridSpec) -> dict[str, Any]:
     """Init, unlearn and audit one configuration; a finished run (run.json) is read back, not redone.
     ``method`` is a loss name, or ``loss@target`` to stop at that forgetting target (``unlearn --target``)."""
-    suffix = f"-s{grid.seed}" if grid.seed else ""  # seed 0 keeps the names of runs cached before seeds
-    if grid.null_space:
-        suffix = f"-null{grid.null_space:g}{suffix}"
-    # Runs at the default lr and budget keep the names they were cached under.
-    if grid.epochs != GridSpec.epochs:
-        suffix = f"-e{grid.epochs}{suffix}"
-    if grid.lr != GridSpec.lr:
-        suffix = f"-lr{grid.lr:g}{suffix}"
-    run_dir = folder / "runs" / f"{method}-{init}-r{rank}{suffix}"
+    run_dir = folder / "runs" / run_name(method, init, rank, grid)
     record = run_dir / "run.json"
     if record.is_file():
         return json.loads(record.read_text())
@@ -205,9 +222,7 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
         report = run_audit(full, run_dir / "report.json", audit_params(grid, grid.attacks, skip_base=True),
                            adapter=str(run_dir / "adapter"), reference_report=str(reference_report), **sets)
     row = {
-        # The label says the confinement and a non-default lr or budget, so tables and plots keep such runs apart.
-        "method": method + (f" null {grid.null_space:g}" if grid.null_space else "") + (f" lr {grid.lr:g}" if grid.lr != GridSpec.lr else "")
-        + (f" {grid.epochs} epochs" if grid.epochs != GridSpec.epochs else ""),
+        "method": run_label(method, grid),
         "init": init, "rank": rank, "seed": grid.seed, "null_space": grid.null_space, "steps": meta.results.get("steps"),
         **summarise_variant(report["results"]["unlearned"]),
         "stages": {"init": stage_cost(init_run), "unlearn": stage_cost(unlearn_run), "audit": stage_cost(audit_run)},
