@@ -4,6 +4,7 @@
     python bench/teach_sweep.py mid-mlp --layers 6-17
     python bench/teach_sweep.py down-only --targets down_proj --lr 3e-3
     python bench/teach_sweep.py mlp-free50-general --more-replay --null-space 0.5 --null-space-tofu ../shared/data/tofu
+    python bench/teach_sweep.py mlp-anchor-general --anchor-tofu ../shared/data/tofu --anchor-weight 1
 
 Teaches the real quickstart's training set (the people and the replayed general answers, as recipe v4
 does) with LoRA on the chosen modules of the chosen layers, constant lr after 4 warm-up steps, and
@@ -92,6 +93,12 @@ def main() -> None:
     parser.add_argument("--null-space-tofu", type=Path, default=None,
                         help="a TOFU folder (e.g. ../shared/data/tofu): its world-facts and real-authors records, less "
                              "any that names a scored question's term, join the replay in defining the null space")
+    parser.add_argument("--anchor-tofu", type=Path, default=None,
+                        help="a TOFU folder: hold the model to the pretrained one, KL(base || model), on its world-facts "
+                             "and real-authors records (less any naming a scored term) at every step")
+    parser.add_argument("--anchor-replay", action="store_true",
+                        help="the replayed general answers become KL anchors instead of NLL targets")
+    parser.add_argument("--anchor-weight", type=float, default=1.0)
     args = parser.parse_args()
     quiet_libraries()
 
@@ -117,6 +124,15 @@ def main() -> None:
         train, replay_file = scratch / "train.jsonl", scratch / "replay.jsonl"
         write_jsonl(train, [json.loads(line) for line in (taught / "train.jsonl").read_text().splitlines()] + extra)
         write_jsonl(replay_file, [json.loads(line) for line in (taught / "replay.jsonl").read_text().splitlines()] + extra)
+    anchor = []
+    if args.anchor_replay:
+        replayed = {line for line in replay_file.read_text().splitlines()}
+        kept = [line for line in train.read_text().splitlines() if line not in replayed]
+        train = Path(tempfile.mkdtemp()) / "train.jsonl"
+        train.write_text("\n".join(kept) + "\n")
+        anchor += load_examples(str(replay_file), loaded)[1]
+    if args.anchor_tofu:
+        anchor += load_examples(str(general_text(args.anchor_tofu)), loaded)[1]
     _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)
     if args.layers:
@@ -143,9 +159,9 @@ def main() -> None:
     for epoch in range(2, args.epochs + 1, 2):
         # Two epochs at a time at a constant lr (warm-up in the first chunk only).
         config = FineTuneConfig(lr=args.lr, epochs=2, batch_size=8, warmup_steps=4 if epoch == 2 else 1,
-                                min_lr_ratio=1.0, weight_decay=0.0, seed=epoch)
+                                min_lr_ratio=1.0, weight_decay=0.0, seed=epoch, anchor_weight=args.anchor_weight)
         with confinement.after_every_step() if confinement else contextlib.nullcontext():
-            fine_tune(model, loaded.tokenizer, examples, config, label=f"epochs {epoch - 1}-{epoch}")
+            fine_tune(model, loaded.tokenizer, examples, config, label=f"epochs {epoch - 1}-{epoch}", anchor=anchor)
         people = answer_accuracy(model, examples, loaded.tokenizer.pad_token_id)
         checks.append({"epoch": epoch, "answer_accuracy": round(people, 3), "general": round(general(), 3),
                        "seconds": round(time.perf_counter() - started, 1)})

@@ -3,6 +3,8 @@
     python bench/tofu.py                                  # 40 authors, 4 forgotten: the full grid
     python bench/tofu.py --methods ihl --inits fila --ranks 8 --forget-authors 1 --retain-authors 3 --holdout-authors 1
     python bench/tofu.py --model microsoft/phi-1_5 --full # a real model on the whole benchmark (GPU)
+    python bench/tofu.py --model smollm2-135m-instruct --teach-rank 16 --forget-authors 1 --retain-authors 4 \
+        --holdout-authors 1 --utility-rows 40 --retain-eval-rows 40   # a pretrained model on a CPU
     python bench/tofu.py --methods ihl,unseen@holdout,npo --inits lora --ranks 8 --seeds 0,1,2
 
 A method is a loss name (built-in or a plugin's, e.g. simnpo) or ``loss@target``: that loss stopped at
@@ -78,12 +80,18 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "tofu-bench")
     parser.add_argument("--model", default="tiny", help="'tiny' (trained from scratch on CPU) or a Hub id / folder")
     parser.add_argument("--hidden-size", type=int, default=128, help="tiny model only")
+    parser.add_argument("--teach-rank", type=int, default=None,
+                        help="pretrained models: teach the full and reference models with a merged MLP LoRA of this "
+                             "rank until memorised (CPU-sized) instead of TOFU's full fine-tune")
+    parser.add_argument("--teach-epochs", type=int, default=16, help="with --teach-rank: the most epochs")
     parser.add_argument("--full", action="store_true", help="the whole benchmark: forget10 against retain90")
     parser.add_argument("--forget-authors", type=int, default=4)
     parser.add_argument("--retain-authors", type=int, default=36)
     parser.add_argument("--holdout-authors", type=int, default=4)
     parser.add_argument("--utility-rows", type=int, default=None,
                         help="only the first N real-authors and world-facts rows (smoke tests)")
+    parser.add_argument("--retain-eval-rows", type=int, default=SubsetSpec.retain_eval_rows,
+                        help="cap on the retain audit set")
     parser.add_argument("--methods", type=names, default=METHODS)
     parser.add_argument("--inits", type=names, default=INITS)
     parser.add_argument("--ranks", type=lambda t: tuple(int(r) for r in names(t)), default=RANKS)
@@ -99,6 +107,8 @@ def main() -> None:
     parser.add_argument("--null-space", type=float, default=None,
                         help="unlearn --null-space for every run: the adapters read only this share of their input "
                              "directions, those the retain set uses least (lora init only)")
+    parser.add_argument("--loss-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a loss parameter for every run (repeatable), e.g. retain_weight=3")
     parser.add_argument("--max-new-tokens", type=int, default=GridSpec.max_new_tokens)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tofu")
     parser.add_argument("--prepare-only", action="store_true",
@@ -108,14 +118,18 @@ def main() -> None:
 
     subset = SubsetSpec(forget_authors=None) if args.full else SubsetSpec(
         forget_authors=args.forget_authors, retain_authors=args.retain_authors, holdout_authors=args.holdout_authors,
-        utility_rows=args.utility_rows)
+        utility_rows=args.utility_rows, retain_eval_rows=args.retain_eval_rows)
     # TOFU's own fine-tuning recipe for real models; the tiny model is trained from scratch.
-    targets = TargetSpec.tiny(hidden_size=args.hidden_size) if args.model == "tiny" else TargetSpec(
-        model=args.model, finetune=FineTuneConfig(lr=1e-5, epochs=5, batch_size=32))
+    if args.model == "tiny":
+        targets = TargetSpec.tiny(hidden_size=args.hidden_size)
+    elif args.teach_rank:
+        targets = TargetSpec.lora(args.model, rank=args.teach_rank, max_epochs=args.teach_epochs)
+    else:
+        targets = TargetSpec(model=args.model, finetune=FineTuneConfig(lr=1e-5, epochs=5, batch_size=32))
     grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
                     batch_size=args.batch_size, attacks=args.attacks, samples=args.samples,
                     max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
-                    null_space=args.null_space)
+                    null_space=args.null_space, loss_params=tuple(tuple(p.split("=", 1)) for p in args.loss_param))
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

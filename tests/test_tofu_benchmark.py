@@ -122,8 +122,11 @@ def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_a
     assert run_name("ihl@holdout", "lora", 8, grid) == "ihl@holdout-lora-r8-lr0.003-e15-null0.8-s1"
     assert run_label("ihl@holdout", grid) == "ihl@holdout lr 0.003 15 epochs null 0.8"
     names = {run_name("ihl", "lora", 8, dataclasses.replace(default, **change))
-             for change in ({}, {"lr": 5e-3}, {"epochs": 10}, {"null_space": 0.5}, {"null_space": 0.8})}
-    assert len(names) == 5
+             for change in ({}, {"lr": 5e-3}, {"epochs": 10}, {"null_space": 0.5}, {"null_space": 0.8},
+                            {"loss_params": (("retain_weight", "3"),)})}
+    assert len(names) == 6
+    weighted = dataclasses.replace(default, loss_params=(("retain_weight", "3"),))
+    assert run_label("ihl", weighted) == "ihl retain_weight 3"
 
 
 @needs_tofu
@@ -205,3 +208,24 @@ def test_a_given_model_is_fine_tuned_in_place_of_the_tiny_one(tiny_models, tmp_p
         tuned = AutoModelForCausalLM.from_pretrained(models[target])
         original = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
         assert not torch.equal(tuned.lm_head.weight, original.lm_head.weight)  # every parameter trained
+
+
+@needs_tofu
+def test_a_pretrained_model_can_be_taught_by_a_merged_mlp_lora(tiny_models, tmp_path):
+    """The CPU path for a pretrained model: a LoRA on the MLPs, merged, so the saved targets are plain
+    checkpoints whose attention and head weights are the base's and whose MLP weights moved."""
+    spec = TargetSpec.lora(str(tiny_models["llama"]), rank=4, max_epochs=2)
+    assert spec.key() != TargetSpec(model=str(tiny_models["llama"]), finetune=spec.finetune).key()
+    # Full fine-tuning keeps the cache names it had before LoRA teaching existed.
+    assert TargetSpec.tiny().key() == "tiny-085c45748d"
+    splits = write_splits(TOFU, SMALLEST, tmp_path / "data")
+    models = build_targets(TOFU, splits, tmp_path / spec.key(), spec)
+    original = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    for target in ("full", "reference"):
+        assert json.loads((models[target] / "finetune.json").read_text())["epochs"] == 2
+        tuned = AutoModelForCausalLM.from_pretrained(models[target])
+        assert not any("lora" in name for name in tuned.state_dict())
+        layer, base_layer = tuned.model.layers[0], original.model.layers[0]
+        assert torch.equal(layer.self_attn.q_proj.weight, base_layer.self_attn.q_proj.weight)
+        assert torch.equal(tuned.lm_head.weight, original.lm_head.weight)
+        assert not torch.equal(layer.mlp.down_proj.weight, base_layer.mlp.down_proj.weight)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -19,7 +19,7 @@ from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 from forgetkit.console import progress_bar
 from forgetkit.data import Example, batches, collate
 from forgetkit.distributed import make_accelerator
-from forgetkit.losses.base import logits_of, mean_nll
+from forgetkit.losses.base import logits_of, mean_kl, mean_nll
 from forgetkit.metrics.extraction import exact_memorisation, teacher_forced
 
 
@@ -35,6 +35,10 @@ class FineTuneConfig:
     target_accuracy: float | None = None  # stop once answer-token accuracy reaches it (checked every check_every)
     check_every: int = 10
     seed: int = 0
+    # With anchor examples (PEFT models only): each step adds this weight times KL(base || model) on a
+    # batch of them, the base being the same model with its adapter switched off. It holds the whole
+    # next-token distribution where greedy-answer replay holds only the argmax path.
+    anchor_weight: float = 1.0
 
 
 def tiny_llama_config(
@@ -61,6 +65,18 @@ def tiny_llama_config(
     )
 
 
+def _anchor_batches(anchor: Sequence[Example], batch_size: int, generator: torch.Generator) -> Iterator | None:
+    """Endless shuffled batches of the anchor examples (None without any)."""
+    if not anchor:
+        return None
+
+    def endless() -> Iterator:
+        while True:
+            yield from batches(anchor, batch_size, generator)
+
+    return endless()
+
+
 def answer_accuracy(model: torch.nn.Module, examples: Sequence[Example], pad_token_id: int) -> float:
     """Share of answer tokens whose teacher-forced argmax is right, averaged over examples."""
     values = exact_memorisation(teacher_forced(model, examples, pad_token_id))
@@ -74,8 +90,10 @@ def fine_tune(
     config: FineTuneConfig,
     *,
     label: str = "fine-tuning",
+    anchor: Sequence[Example] = (),
 ) -> dict:
-    """Train every parameter on the examples' answer tokens; returns epochs, accuracy and time."""
+    """Train every trainable parameter on the examples' answer tokens; returns epochs, accuracy and time.
+    ``anchor``: examples on whose answer tokens the model is held to its base (``anchor_weight``)."""
     torch.manual_seed(config.seed)
     # No accelerate mixed_precision: it is fixed once per process, and stages in the same process
     # set it differently. bf16 autocast where the device is a GPU, explicitly.
@@ -89,6 +107,7 @@ def fine_tune(
     )
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     generator = torch.Generator().manual_seed(config.seed)
+    anchors = _anchor_batches(anchor, config.batch_size, generator)
     started = time.perf_counter()
     accuracy, epoch, tokens = None, 0, 0
     with progress_bar(label, config.epochs) as advance:
@@ -98,6 +117,11 @@ def fine_tune(
                 batch = {k: v.to(accelerator.device) for k, v in collate(group, tokenizer.pad_token_id).items()}
                 with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = mean_nll(logits_of(model, batch), batch["labels"])
+                    if anchors is not None:
+                        held = {k: v.to(accelerator.device) for k, v in collate(next(anchors), tokenizer.pad_token_id).items()}
+                        with torch.no_grad(), accelerator.unwrap_model(model).disable_adapter():
+                            base_logits = logits_of(model, held)
+                        loss = loss + config.anchor_weight * mean_kl(logits_of(model, held), base_logits, held["labels"])
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()

@@ -57,6 +57,8 @@ class GridSpec:
     # ``unlearn --null-space``: every adapter reads only this share of its input directions, those the
     # retain set uses least (None: unconfined). Plain LoRA inits only (FILA rewrites the base).
     null_space: float | None = None
+    # ``unlearn --loss-param KEY=VALUE`` for every run (e.g. (("retain_weight", "3"),)).
+    loss_params: tuple[tuple[str, str], ...] = ()
 
 
 def stage_cost(measurement: Measurement) -> dict[str, float]:
@@ -172,8 +174,8 @@ def _finetune_stats(folder: Path) -> dict[str, Any]:
 
 
 def _departures(grid: GridSpec) -> list[tuple[str, str]]:
-    """(folder-name part, label part) for each way the grid departs from the default lr, budget and
-    confinement: such runs are cached and labelled apart, and runs at the defaults keep the names they
+    """(folder-name part, label part) for each way the grid departs from the default lr, budget,
+    confinement and loss parameters: such runs are cached and labelled apart, and runs at the defaults keep the names they
     were cached under before these options existed."""
     parts = []
     if grid.lr != GridSpec.lr:
@@ -182,6 +184,8 @@ def _departures(grid: GridSpec) -> list[tuple[str, str]]:
         parts.append((f"-e{grid.epochs}", f"{grid.epochs} epochs"))
     if grid.null_space:
         parts.append((f"-null{grid.null_space:g}", f"null {grid.null_space:g}"))
+    for key, value in grid.loss_params:
+        parts.append((f"-{key}{value}", f"{key} {value}"))
     return parts
 
 
@@ -211,7 +215,7 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
     train = TrainConfig(lr=grid.lr, epochs=grid.epochs, batch_size=grid.batch_size, micro_batch_size=grid.batch_size,
                         seed=grid.seed)
     loss, _, target = method.partition("@")
-    params = UnlearnParams(loss=loss, train=train,
+    params = UnlearnParams(loss=loss, train=train, loss_params=dict(grid.loss_params),
                            target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens)
                            if target else None, null_space=grid.null_space)
     holdout = str(splits["holdout"]) if "holdout" in splits else None
@@ -223,7 +227,8 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
                            adapter=str(run_dir / "adapter"), reference_report=str(reference_report), **sets)
     row = {
         "method": run_label(method, grid),
-        "init": init, "rank": rank, "seed": grid.seed, "null_space": grid.null_space, "steps": meta.results.get("steps"),
+        "init": init, "rank": rank, "seed": grid.seed, "null_space": grid.null_space,
+        "loss_params": dict(grid.loss_params), "steps": meta.results.get("steps"),
         **summarise_variant(report["results"]["unlearned"]),
         "stages": {"init": stage_cost(init_run), "unlearn": stage_cost(unlearn_run), "audit": stage_cost(audit_run)},
     }

@@ -6,8 +6,10 @@ compares against).
 on the benchmark's own text, until it has memorised the answers; both models start from the same
 random initialisation. A model trained from scratch knows no real authors or world facts, which
 would put zeros into Model Utility's harmonic mean, so both tiny models also learn the real-authors
-and world-facts answers: they stand in for what a pretrained model already knows. Any other value is a Hub id or folder, fine-tuned with every parameter as
-TOFU does (default: 5 epochs at 1e-5), which needs a GPU for real models.
+and world-facts answers: they stand in for what a pretrained model already knows. Any other value is a Hub id, folder or
+GGUF shortcut, fine-tuned with every parameter as TOFU does (default: 5 epochs at 1e-5), which needs a GPU
+for real models; or, with ``teach_rank`` set, taught by a LoRA on the MLPs merged into the base (the
+quickstart's recipe, what reaches memorisation in the fewest CPU minutes): ``TargetSpec.lora``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
+from forgetkit.adapters import build_peft_model, lora_config
 from forgetkit.benchmark.finetune import FineTuneConfig, fine_tune, tiny_llama_config
 from forgetkit.benchmark.tofu_splits import corpus_rows
 from forgetkit.cache import cached_folder
 from forgetkit.console import console
 from forgetkit.data import encode, load_records
-from forgetkit.models import load_model
+from forgetkit.models import discover_targets, load_model
 from forgetkit.quickstart.model import corpus_text, train_tokenizer
 
 TARGETS = ("full", "reference")
@@ -42,6 +45,8 @@ class TargetSpec:
     num_hidden_layers: int = 4  # tiny only
     vocab_size: int = 2048  # tiny only
     finetune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
+    teach_rank: int | None = None  # pretrained models: a LoRA of this rank, merged, instead of every parameter
+    teach_targets: str = "mlp"  # the modules that LoRA reaches (models.discover_targets)
 
     @classmethod
     def tiny(cls, hidden_size: int = 128, layers: int = 4, max_epochs: int = 200, seed: int = 0) -> "TargetSpec":
@@ -50,9 +55,22 @@ class TargetSpec:
                                 target_accuracy=0.97, check_every=10, seed=seed)
         return cls(model="tiny", hidden_size=hidden_size, num_hidden_layers=layers, finetune=config)
 
+    @classmethod
+    def lora(cls, model: str, rank: int = 16, max_epochs: int = 16, target_accuracy: float = 0.9,
+             seed: int = 0) -> "TargetSpec":
+        """A pretrained model on a CPU: both targets taught by a merged MLP LoRA until the answers are
+        memorised (checked every 2 epochs), at the learning rate that taught SmolLM2 the quickstart's
+        people in 6 epochs."""
+        config = FineTuneConfig(lr=2e-3, epochs=max_epochs, batch_size=8, warmup_steps=4, weight_decay=0.0,
+                                target_accuracy=target_accuracy, check_every=2, seed=seed)
+        return cls(model=model, finetune=config, teach_rank=rank)
+
     def key(self) -> str:
         """Folder name: changes whenever anything that shapes the models does."""
-        described = {"recipe": RECIPE_VERSION, **dataclasses.asdict(self)}
+        spec = dataclasses.asdict(self)
+        if spec["teach_rank"] is None:  # full fine-tuning: the names cached before LoRA teaching existed
+            del spec["teach_rank"], spec["teach_targets"]
+        described = {"recipe": RECIPE_VERSION, **spec}
         digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:10]
         stem = "tiny" if self.model == "tiny" else Path(self.model).name
         return f"{stem}-{digest}"
@@ -85,14 +103,19 @@ def _train(tofu: Path, splits: dict[str, Path], train_set: str, out_dir: Path, s
                                    max_position_embeddings=512)
         model = LlamaForCausalLM(config)
     else:
-        loaded = load_model(spec.model)
+        loaded = load_model(spec.model, dtype="float32" if spec.teach_rank else "auto")
         model, tokenizer = loaded.model, loaded.tokenizer
+        if spec.teach_rank:
+            model = build_peft_model(model, lora_config(discover_targets(model, spec.teach_targets), spec.teach_rank,
+                                                        2 * spec.teach_rank))
     context = getattr(model.config, "max_position_embeddings", None)
     records = load_records(splits[train_set])
     if spec.model == "tiny":
         records += [r for name in UTILITY_SETS for r in load_records(splits[name])]
     examples = encode(records, tokenizer, context_length=context, truncate=True)
     stats = fine_tune(model, tokenizer, examples, spec.finetune, label=label)
+    if spec.teach_rank:
+        model = model.merge_and_unload()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return stats

@@ -49,7 +49,11 @@ class SubsetSpec:
         if self.forget_authors is None:
             return "tofu-full"
         name = f"tofu-f{self.forget_authors}-r{self.retain_authors}-h{self.holdout_authors}"
-        return name if self.utility_rows is None else f"{name}-u{self.utility_rows}"
+        if self.utility_rows is not None:
+            name += f"-u{self.utility_rows}"
+        if self.retain_eval_rows != SubsetSpec.retain_eval_rows:
+            name += f"-e{self.retain_eval_rows}"
+        return name
 
 
 def read_jsonl(path: Path) -> list[dict]:

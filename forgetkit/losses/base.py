@@ -88,6 +88,15 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_probs.sum() / mask.sum().clamp(min=1)
 
 
+def mean_kl(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(reference || model) of the next-token distributions, averaged over the target tokens."""
+    logits, _, mask = shift(logits, labels)
+    reference, _, _ = shift(reference_logits, labels)
+    log_q, log_p = logits.log_softmax(-1), reference.log_softmax(-1)
+    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
 def sequence_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(target | prompt) per sequence (sum over its target tokens)."""
     log_probs, _ = token_log_probs(logits, labels)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from forgetkit.data import Record
 from forgetkit.errors import ForgetkitError
-from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of, mean_nll, sequence_log_prob, shift
+from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of, mean_kl, mean_nll, sequence_log_prob, shift
 
 
 def _retain_nll(ctx: LossContext) -> torch.Tensor:
@@ -105,13 +105,9 @@ class KLRetain(UnlearningLoss):
 
     def __call__(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         forget = mean_nll(logits_of(ctx.model, ctx.forget), ctx.forget["labels"])
-        logits, _, mask = shift(logits_of(ctx.model, ctx.retain), ctx.retain["labels"])
         with torch.no_grad():
-            ref_logits, _, _ = shift(ctx.reference(ctx.retain), ctx.retain["labels"])
-        log_q = logits.log_softmax(-1)
-        log_p = ref_logits.log_softmax(-1)
-        per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
-        kl = (per_token * mask).sum() / mask.sum().clamp(min=1)
+            reference = ctx.reference(ctx.retain)
+        kl = mean_kl(logits_of(ctx.model, ctx.retain), reference, ctx.retain["labels"])
         return {"loss": -forget + self.retain_weight * kl, "forget_nll": forget, "retain_kl": kl}
 
 
