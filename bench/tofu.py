@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=GridSpec.lr)
     parser.add_argument("--epochs", type=int, default=GridSpec.epochs)
     parser.add_argument("--batch-size", type=int, default=GridSpec.batch_size)
+    parser.add_argument("--retain-batch-size", type=int, default=None,
+                        help="retain records beside each forget batch (default: --batch-size)")
     parser.add_argument("--attacks", type=names, default=ATTACKS)
     parser.add_argument("--samples", type=int, default=GridSpec.samples)
     parser.add_argument("--seeds", type=lambda t: tuple(int(x) for x in names(t)), default=GridSpec.seeds,
@@ -127,7 +129,7 @@ def main() -> None:
     else:
         targets = TargetSpec(model=args.model, finetune=FineTuneConfig(lr=1e-5, epochs=5, batch_size=32))
     grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
-                    batch_size=args.batch_size, attacks=args.attacks, samples=args.samples,
+                    batch_size=args.batch_size, retain_batch_size=args.retain_batch_size, attacks=args.attacks, samples=args.samples,
                     max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
                     null_space=args.null_space, loss_params=tuple(tuple(p.split("=", 1)) for p in args.loss_param))
     if args.prepare_only:

@@ -48,6 +48,10 @@ def test_subset_keeps_authors_apart(tmp_path):
     capped = select(TOFU, dataclasses.replace(spec, utility_rows=7))
     assert len(capped["real_authors"]) == len(capped["world_facts"]) == 7
     assert capped["real_authors"] == rows["real_authors"][:7] and len(rows["world_facts"]) > 100
+    fewer = dataclasses.replace(spec, utility_rows=7, retain_eval_rows=9)
+    assert len(select(TOFU, fewer)["retain_eval"]) == 9 < len(rows["retain_eval"])
+    # Caps are part of the folder name, so a capped subset is never read back as the whole one.
+    assert fewer.name == "tofu-f2-r5-h1-u7-e9" and spec.name == "tofu-f2-r5-h1"
     with pytest.raises(ForgetkitError, match="authors"):
         select(TOFU, SubsetSpec(forget_authors=15, retain_authors=5, holdout_authors=6))
 
@@ -123,8 +127,8 @@ def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_a
     assert run_label("ihl@holdout", grid) == "ihl@holdout lr 0.003 15 epochs null 0.8"
     names = {run_name("ihl", "lora", 8, dataclasses.replace(default, **change))
              for change in ({}, {"lr": 5e-3}, {"epochs": 10}, {"null_space": 0.5}, {"null_space": 0.8},
-                            {"loss_params": (("retain_weight", "3"),)})}
-    assert len(names) == 6
+                            {"loss_params": (("retain_weight", "3"),)}, {"retain_batch_size": 32})}
+    assert len(names) == 7
     weighted = dataclasses.replace(default, loss_params=(("retain_weight", "3"),))
     assert run_label("ihl", weighted) == "ihl retain_weight 3"
 

@@ -46,6 +46,7 @@ class GridSpec:
     lr: float = 1e-3
     epochs: int = 5
     batch_size: int = 8
+    retain_batch_size: int | None = None  # retain records beside each forget batch (None: batch_size)
     attacks: tuple[str, ...] = ATTACKS
     samples: int = 8
     max_new_tokens: int = 64
@@ -174,14 +175,16 @@ def _finetune_stats(folder: Path) -> dict[str, Any]:
 
 
 def _departures(grid: GridSpec) -> list[tuple[str, str]]:
-    """(folder-name part, label part) for each way the grid departs from the default lr, budget,
-    confinement and loss parameters: such runs are cached and labelled apart, and runs at the defaults keep the names they
+    """(folder-name part, label part) for each way the grid departs from the default lr, budget, retain
+    batch, confinement and loss parameters: such runs are cached and labelled apart, and runs at the defaults keep the names they
     were cached under before these options existed."""
     parts = []
     if grid.lr != GridSpec.lr:
         parts.append((f"-lr{grid.lr:g}", f"lr {grid.lr:g}"))
     if grid.epochs != GridSpec.epochs:
         parts.append((f"-e{grid.epochs}", f"{grid.epochs} epochs"))
+    if grid.retain_batch_size:
+        parts.append((f"-rb{grid.retain_batch_size}", f"retain batch {grid.retain_batch_size}"))
     if grid.null_space:
         parts.append((f"-null{grid.null_space:g}", f"null {grid.null_space:g}"))
     for key, value in grid.loss_params:
@@ -213,7 +216,7 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
         run_init(full, run_dir / "init", InitParams(scheme=init, rank=rank, seed=grid.seed),
                  fisher=str(fisher_path) if init == "fila" else None)
     train = TrainConfig(lr=grid.lr, epochs=grid.epochs, batch_size=grid.batch_size, micro_batch_size=grid.batch_size,
-                        seed=grid.seed)
+                        retain_micro_batch_size=grid.retain_batch_size, seed=grid.seed)
     loss, _, target = method.partition("@")
     params = UnlearnParams(loss=loss, train=train, loss_params=dict(grid.loss_params),
                            target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens)
