@@ -222,6 +222,8 @@ def test_a_pretrained_model_can_be_taught_by_a_merged_mlp_lora(tiny_models, tmp_
     assert spec.key() != TargetSpec(model=str(tiny_models["llama"]), finetune=spec.finetune).key()
     # Full fine-tuning keeps the cache names it had before LoRA teaching existed.
     assert TargetSpec.tiny().key() == "tiny-085c45748d"
+    anchored = dataclasses.replace(spec, finetune=dataclasses.replace(spec.finetune, anchor_weight=2.0))
+    assert anchored.key() != spec.key()
     splits = write_splits(TOFU, SMALLEST, tmp_path / "data")
     models = build_targets(TOFU, splits, tmp_path / spec.key(), spec)
     original = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])

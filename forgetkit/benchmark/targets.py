@@ -36,6 +36,7 @@ TARGETS = ("full", "reference")
 RECIPE_VERSION = 2
 TRAIN_SETS = {"full": "full_train", "reference": "reference_train"}
 UTILITY_SETS = ("real_authors", "world_facts")
+LATER_FINETUNE_DEFAULTS = {"anchor_weight": 1.0}  # FineTuneConfig fields newer than cached targets
 
 
 @dataclasses.dataclass
@@ -68,8 +69,12 @@ class TargetSpec:
     def key(self) -> str:
         """Folder name: changes whenever anything that shapes the models does."""
         spec = dataclasses.asdict(self)
-        if spec["teach_rank"] is None:  # full fine-tuning: the names cached before LoRA teaching existed
+        # Options added later, at their defaults, stay out of the key: caches built before them keep their names.
+        if spec["teach_rank"] is None:
             del spec["teach_rank"], spec["teach_targets"]
+        for name, default in LATER_FINETUNE_DEFAULTS.items():
+            if spec["finetune"][name] == default:
+                del spec["finetune"][name]
         described = {"recipe": RECIPE_VERSION, **spec}
         digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:10]
         stem = "tiny" if self.model == "tiny" else Path(self.model).name
