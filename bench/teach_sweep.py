@@ -96,8 +96,6 @@ def main() -> None:
     parser.add_argument("--anchor-tofu", type=Path, default=None,
                         help="a TOFU folder: hold the model to the pretrained one, KL(base || model), on its world-facts "
                              "and real-authors records (less any naming a scored term) at every step")
-    parser.add_argument("--anchor-replay", action="store_true",
-                        help="the replayed general answers become KL anchors instead of NLL targets")
     parser.add_argument("--anchor-weight", type=float, default=1.0)
     args = parser.parse_args()
     quiet_libraries()
@@ -124,15 +122,7 @@ def main() -> None:
         train, replay_file = scratch / "train.jsonl", scratch / "replay.jsonl"
         write_jsonl(train, [json.loads(line) for line in (taught / "train.jsonl").read_text().splitlines()] + extra)
         write_jsonl(replay_file, [json.loads(line) for line in (taught / "replay.jsonl").read_text().splitlines()] + extra)
-    anchor = []
-    if args.anchor_replay:
-        replayed = {line for line in replay_file.read_text().splitlines()}
-        kept = [line for line in train.read_text().splitlines() if line not in replayed]
-        train = Path(tempfile.mkdtemp()) / "train.jsonl"
-        train.write_text("\n".join(kept) + "\n")
-        anchor += load_examples(str(replay_file), loaded)[1]
-    if args.anchor_tofu:
-        anchor += load_examples(str(general_text(args.anchor_tofu)), loaded)[1]
+    anchor = load_examples(str(general_text(args.anchor_tofu)), loaded)[1] if args.anchor_tofu else []
     _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)
     if args.layers:

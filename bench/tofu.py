@@ -3,8 +3,9 @@
     python bench/tofu.py                                  # 40 authors, 4 forgotten: the full grid
     python bench/tofu.py --methods ihl --inits fila --ranks 8 --forget-authors 1 --retain-authors 3 --holdout-authors 1
     python bench/tofu.py --model microsoft/phi-1_5 --full # a real model on the whole benchmark (GPU)
-    python bench/tofu.py --model smollm2-135m-instruct --teach-rank 16 --forget-authors 1 --retain-authors 4 \
-        --holdout-authors 1 --utility-rows 40 --retain-eval-rows 40   # a pretrained model on a CPU
+    python bench/tofu.py --model smollm2-135m-instruct --teach-rank 16 --forget-authors 2 --retain-authors 4 \
+        --holdout-authors 2 --utility-rows 30 --retain-eval-rows 40 --attacks paraphrase \
+        --methods ihl,npo --inits lora --ranks 8   # a pretrained model on a CPU (BENCHMARKS.md)
     python bench/tofu.py --methods ihl,unseen@holdout,npo --inits lora --ranks 8 --seeds 0,1,2
 
 A method is a loss name (built-in or a plugin's, e.g. simnpo) or ``loss@target``: that loss stopped at
@@ -36,6 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def loss_param(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE")
+    return key, value
 
 
 def markdown(results: dict) -> str:
@@ -109,7 +117,7 @@ def main() -> None:
     parser.add_argument("--null-space", type=float, default=None,
                         help="unlearn --null-space for every run: the adapters read only this share of their input "
                              "directions, those the retain set uses least (lora init only)")
-    parser.add_argument("--loss-param", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--loss-param", type=loss_param, action="append", default=[], metavar="KEY=VALUE",
                         help="a loss parameter for every run (repeatable), e.g. retain_weight=3")
     parser.add_argument("--max-new-tokens", type=int, default=GridSpec.max_new_tokens)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tofu")
@@ -131,7 +139,7 @@ def main() -> None:
     grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
                     batch_size=args.batch_size, retain_batch_size=args.retain_batch_size, attacks=args.attacks, samples=args.samples,
                     max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
-                    null_space=args.null_space, loss_params=tuple(tuple(p.split("=", 1)) for p in args.loss_param))
+                    null_space=args.null_space, loss_params=tuple(args.loss_param))
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

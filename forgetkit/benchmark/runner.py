@@ -176,8 +176,8 @@ def _finetune_stats(folder: Path) -> dict[str, Any]:
 
 def _departures(grid: GridSpec) -> list[tuple[str, str]]:
     """(folder-name part, label part) for each way the grid departs from the default lr, budget, retain
-    batch, confinement and loss parameters: such runs are cached and labelled apart, and runs at the defaults keep the names they
-    were cached under before these options existed."""
+    batch, confinement and loss parameters: such runs are cached and labelled apart, and runs at the
+    defaults keep the names they were cached under before these options existed."""
     parts = []
     if grid.lr != GridSpec.lr:
         parts.append((f"-lr{grid.lr:g}", f"lr {grid.lr:g}"))
