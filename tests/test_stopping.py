@@ -120,3 +120,20 @@ def test_target_needs_a_holdout_and_excludes_until_forgotten(memorised, tmp_path
     with pytest.raises(ForgetkitError, match="either --until-forgotten or --target"):
         run_unlearn(model, forget, tmp_path / "b", UnlearnParams(train=TRAIN, until_forgotten=True, target=TargetParams("holdout")),
                     holdout=str(memorised / "holdout.jsonl"))
+
+
+def test_forget_quality_shortfall_counts_decades_so_an_auc_miss_does_not_outweigh_it():
+    from forgetkit.stopping import _shortfall
+
+    def check(name, value, threshold):
+        return {"name": name, "value": value, "threshold": threshold, "passed": False}
+
+    # Forget Quality 0.022 against a 0.05 bound is log10(0.05 / 0.022) = 0.357 decades short.
+    assert _shortfall(check("Forget Quality", 0.022, 0.05)) == pytest.approx(0.3565, abs=1e-4)
+    assert _shortfall(check("Forget Quality", 5e-7, 0.05)) == pytest.approx(5.0)
+    # An evaluation two AUC points out of the band (0.38 against 0.5 +- 0.1) but with FQ 0.17 ranks ahead
+    # of one in the band for loss AUC whose FQ is still 0.022: the latter is far from "retrained".
+    later = _shortfall(check("MIA loss AUC", 0.354, 0.1))
+    earlier = _shortfall(check("Forget Quality", 0.022, 0.05))
+    assert later == pytest.approx(0.046) and later < earlier
+    assert _shortfall({"name": "Forget Quality", "value": 0.3, "threshold": 0.05, "passed": True}) == 0.0

@@ -131,6 +131,11 @@ def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_a
     assert len(names) == 7
     weighted = dataclasses.replace(default, loss_params=(("retain_weight", "3"),))
     assert run_label("ihl", weighted) == "ihl retain_weight 3"
+    # The check interval names runs stopped at a target apart, and only those.
+    checked = dataclasses.replace(default, check_every=2)
+    assert run_name("ihl@reference", "lora", 8, checked) == "ihl@reference-lora-r8-c2"
+    assert run_label("ihl@reference", checked) == "ihl@reference checks every 2"
+    assert run_name("ihl", "lora", 8, checked) == "ihl-lora-r8"
 
 
 @needs_tofu
@@ -162,6 +167,14 @@ def test_smallest_benchmark_memorises_then_forgets(bench_dir):
     assert run["method"] == "ihl lr 0.005 null 0.8" and run["null_space"] == 0.8
     adapter = next(bench_dir.glob("*/*/runs/ihl-lora-r8-lr0.005-null0.8/adapter"))
     assert 0 < read_metadata(adapter).results["null_space_leak"]["max"] < 1
+
+    # ``loss@reference`` stops on Forget Quality against the bench's own reference model: the reference
+    # report reaches the stopping rule, and every evaluation measured Forget Quality.
+    oracle = dataclasses.replace(grid, methods=("ihl@reference",), inits=("lora",), epochs=2, check_every=2)
+    (run,) = run_benchmark(TOFU, bench_dir, SMALLEST, TargetSpec.tiny(), oracle)["runs"]
+    target = read_metadata(next(bench_dir.glob("*/*/runs/ihl@reference-lora-r8-e2-c2/adapter"))).results["target"]
+    assert target["target"] == "reference" and Path(target["reference_report"]).name == "reference.json"
+    assert target["evaluations"] and all("Forget Quality" in e["values"] for e in target["evaluations"])
 
 
 @needs_tofu
@@ -235,3 +248,14 @@ def test_a_pretrained_model_can_be_taught_by_a_merged_mlp_lora(tiny_models, tmp_
         assert torch.equal(layer.self_attn.q_proj.weight, base_layer.self_attn.q_proj.weight)
         assert torch.equal(tuned.lm_head.weight, original.lm_head.weight)
         assert not torch.equal(layer.mlp.down_proj.weight, base_layer.mlp.down_proj.weight)
+
+
+def test_plot_tells_a_loss_stopped_at_a_target_from_the_same_loss_run_to_the_end():
+    from forgetkit.benchmark.plots import loss_name, marker
+
+    assert marker({"method": "ihl lr 0.003 null 0.8", "init": "lora"}) == "o"
+    assert marker({"method": "ihl", "init": "fila"}) == "*"
+    assert marker({"method": "ihl@reference lr 0.003 null 0.8", "init": "lora"}) == "P"
+    assert marker({"method": "unseen@holdout", "init": "lora"}) == "D"
+    # The colour is the loss's, whatever the label adds after it.
+    assert loss_name({"method": "ihl@reference lr 0.003 null 0.8"}) == loss_name({"method": "ihl"}) == "ihl"

@@ -16,7 +16,20 @@ from forgetkit.artifacts import atomic_file  # noqa: E402
 METHOD_COLOURS = {"ga": "#d62728", "gd": "#ff7f0e", "npo": "#9467bd", "ihl": "#1f77b4", "simnpo": "#8c564b",
                   "unseen": "#2ca02c"}
 INIT_MARKERS = {"lora": "o", "fila": "*"}
+# A loss stopped at a target ("ihl@reference") is told from the same loss run to the end by its marker.
+TARGET_MARKERS = {"holdout": "D", "reference": "P"}
+GOAL_FQ, GOAL_MU_SHARE = 0.05, 0.9  # the goal the bench is run against: FQ >= 0.05 at >= 0.9 of full utility
 FLOOR = 1e-20  # a p-value of 0 still has to show on a log axis
+
+
+def loss_name(run: dict[str, Any]) -> str:
+    """The loss of a run labelled "ihl@holdout lr 0.003 null 0.8": its first word, before any target."""
+    return run["method"].split()[0].partition("@")[0]
+
+
+def marker(run: dict[str, Any]) -> str:
+    target = run["method"].split()[0].partition("@")[2]
+    return TARGET_MARKERS.get(target) or INIT_MARKERS.get(run["init"], "s")
 
 
 def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
@@ -27,7 +40,7 @@ def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
             continue
         label = f"{run['method'].upper()} + {run['init'].upper()}"
         axis.scatter(run["model_utility"], max(run["forget_quality"], FLOOR),
-                     color=METHOD_COLOURS.get(run["method"].partition("@")[0], "#7f7f7f"), marker=INIT_MARKERS.get(run["init"], "s"),
+                     color=METHOD_COLOURS.get(loss_name(run), "#7f7f7f"), marker=marker(run),
                      s=30 + 6 * run["rank"], alpha=0.8, label=None if label in seen else label,
                      edgecolors="black", linewidths=0.4)
         seen.add(label)
@@ -35,6 +48,9 @@ def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
     if full["forget_quality"] is not None and full["model_utility"] is not None:
         axis.scatter(full["model_utility"], max(full["forget_quality"], FLOOR), color="black", marker="X", s=90,
                      label="full model (before)")
+        axis.axvline(GOAL_MU_SHARE * full["model_utility"], color="#7f7f7f", linestyle="-.", linewidth=1,
+                     label=f"goal: {GOAL_MU_SHARE:g} x full utility, FQ {GOAL_FQ:g}")
+        axis.axhline(GOAL_FQ, color="#7f7f7f", linestyle="-.", linewidth=1)
     if results["reference"]["model_utility"] is not None:
         axis.axvline(results["reference"]["model_utility"], color="#2ca02c", linestyle="--", linewidth=1,
                      label="reference utility")
