@@ -50,6 +50,15 @@ def loss_param(text: str) -> tuple[str, str]:
     return key, value
 
 
+def write_results(results: dict, out: Path, stem: str) -> None:
+    """The results JSON, its Markdown table and the FQ-against-MU plot, side by side in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(results))
+    fq_mu_plot(results, out / f"{stem}-fq-mu.png")
+    print(f"wrote {out / stem}.json, .md and -fq-mu.png ({len(results['runs'])} runs)")
+
+
 def markdown(results: dict) -> str:
     lines = ["| method | init | rank | FQ | MU | retain utility | forget ROUGE-L | retain ROUGE-L | MIA AUC (min-k++) | "
              "int4 forget ROUGE-L | relearn forget ROUGE-L | sampling leak | wall s | peak MiB |",
@@ -153,12 +162,7 @@ def main() -> None:
         return
     results = run_benchmark(args.tofu, args.workdir, subset, targets, grid)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{subset.name}-{targets.key()}"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    fq_mu_plot(results, args.out / f"{stem}-fq-mu.png")
-    print(f"wrote {args.out / stem}.json, .md and -fq-mu.png")
+    write_results(results, args.out, f"{subset.name}-{targets.key()}")
 
 
 if __name__ == "__main__":

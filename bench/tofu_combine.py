@@ -15,10 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from forgetkit.benchmark.plots import fq_mu_plot
 from forgetkit.benchmark.runner import seed_summary
 
-from tofu import markdown
+from tofu import write_results
 
 
 def result_files(paths: list[Path]) -> list[Path]:
@@ -51,11 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     stem, results = combine(result_files(args.inputs))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    fq_mu_plot(results, args.out / f"{stem}-fq-mu.png")
-    print(f"wrote {args.out / stem}.json, .md and -fq-mu.png ({len(results['runs'])} runs)")
+    write_results(results, args.out, stem)
 
 
 if __name__ == "__main__":

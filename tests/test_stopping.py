@@ -131,8 +131,8 @@ def test_forget_quality_shortfall_counts_decades_so_an_auc_miss_does_not_outweig
     # Forget Quality 0.022 against a 0.05 bound is log10(0.05 / 0.022) = 0.357 decades short.
     assert _shortfall(check("Forget Quality", 0.022, 0.05)) == pytest.approx(0.3565, abs=1e-4)
     assert _shortfall(check("Forget Quality", 5e-7, 0.05)) == pytest.approx(5.0)
-    # An evaluation two AUC points out of the band (0.38 against 0.5 +- 0.1) but with FQ 0.17 ranks ahead
-    # of one in the band for loss AUC whose FQ is still 0.022: the latter is far from "retrained".
+    # An evaluation whose loss AUC is 0.046 out of the band (0.354 against 0.5 +- 0.1) but whose FQ passed
+    # ranks ahead of one in the band whose FQ is still 0.022 (under "0.05 - FQ" it ranked behind: 0.028).
     later = _shortfall(check("MIA loss AUC", 0.354, 0.1))
     earlier = _shortfall(check("Forget Quality", 0.022, 0.05))
     assert later == pytest.approx(0.046) and later < earlier

@@ -251,11 +251,27 @@ def test_a_pretrained_model_can_be_taught_by_a_merged_mlp_lora(tiny_models, tmp_
 
 
 def test_plot_tells_a_loss_stopped_at_a_target_from_the_same_loss_run_to_the_end():
-    from forgetkit.benchmark.plots import loss_name, marker
+    from forgetkit.benchmark.plots import loss_and_target, marker
 
     assert marker({"method": "ihl lr 0.003 null 0.8", "init": "lora"}) == "o"
     assert marker({"method": "ihl", "init": "fila"}) == "*"
     assert marker({"method": "ihl@reference lr 0.003 null 0.8", "init": "lora"}) == "P"
     assert marker({"method": "unseen@holdout", "init": "lora"}) == "D"
     # The colour is the loss's, whatever the label adds after it.
-    assert loss_name({"method": "ihl@reference lr 0.003 null 0.8"}) == loss_name({"method": "ihl"}) == "ihl"
+    assert loss_and_target({"method": "ihl@reference lr 0.003 null 0.8"}) == ("ihl", "reference")
+    assert loss_and_target({"method": "ihl lr 0.003"}) == ("ihl", "")
+
+
+def test_combined_results_keep_every_run_and_refuse_another_models_results(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from tofu_combine import combine, result_files
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    results = ROOT / "bench" / "results"
+    stem, combined = combine(result_files([results / "tofu-target-reference", results / "tofu-target-holdout"]))
+    assert stem == "tofu-f4-r36-h4-tiny-085c45748d" and len(combined["runs"]) == 6
+    assert {row["method"].split()[0] for row in combined["summary"]} == {"ihl@reference", "ihl@holdout"}
+    assert all(row["seeds"] == [0, 1, 2] for row in combined["summary"])
+    with pytest.raises(SystemExit, match="another subset or other full/reference models"):
+        combine(result_files([results / "tofu-target-reference", results / "tofu-smollm2-reference"]))

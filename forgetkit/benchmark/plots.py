@@ -22,14 +22,14 @@ GOAL_FQ, GOAL_MU_SHARE = 0.05, 0.9  # the goal the bench is run against: FQ >= 0
 FLOOR = 1e-20  # a p-value of 0 still has to show on a log axis
 
 
-def loss_name(run: dict[str, Any]) -> str:
-    """The loss of a run labelled "ihl@holdout lr 0.003 null 0.8": its first word, before any target."""
-    return run["method"].split()[0].partition("@")[0]
+def loss_and_target(run: dict[str, Any]) -> tuple[str, str]:
+    """("ihl", "holdout") for a run labelled "ihl@holdout lr 0.003 null 0.8": its first word, split at "@"."""
+    loss, _, target = run["method"].split()[0].partition("@")
+    return loss, target
 
 
 def marker(run: dict[str, Any]) -> str:
-    target = run["method"].split()[0].partition("@")[2]
-    return TARGET_MARKERS.get(target) or INIT_MARKERS.get(run["init"], "s")
+    return TARGET_MARKERS.get(loss_and_target(run)[1]) or INIT_MARKERS.get(run["init"], "s")
 
 
 def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
@@ -40,7 +40,7 @@ def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
             continue
         label = f"{run['method'].upper()} + {run['init'].upper()}"
         axis.scatter(run["model_utility"], max(run["forget_quality"], FLOOR),
-                     color=METHOD_COLOURS.get(loss_name(run), "#7f7f7f"), marker=marker(run),
+                     color=METHOD_COLOURS.get(loss_and_target(run)[0], "#7f7f7f"), marker=marker(run),
                      s=30 + 6 * run["rank"], alpha=0.8, label=None if label in seen else label,
                      edgecolors="black", linewidths=0.4)
         seen.add(label)
