@@ -127,6 +127,9 @@ def main() -> None:
                         help="run every configuration once per seed; the table adds mean ± std")
     parser.add_argument("--check-every", type=int, default=GridSpec.check_every,
                         help="methods written loss@target (e.g. ihl@holdout): steps between the target's checks")
+    parser.add_argument("--holdout-quality", action="store_true",
+                        help="@holdout runs also check Forget Quality estimated against the held-out set "
+                             "(unlearn --holdout-quality)")
     parser.add_argument("--null-space", type=float, default=None,
                         help="unlearn --null-space for every run: the adapters read only this share of their input "
                              "directions, those the retain set uses least (lora init only)")
@@ -152,7 +155,8 @@ def main() -> None:
     grid = GridSpec(methods=args.methods, inits=args.inits, ranks=args.ranks, lr=args.lr, epochs=args.epochs,
                     batch_size=args.batch_size, retain_batch_size=args.retain_batch_size, attacks=args.attacks, samples=args.samples,
                     max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
-                    null_space=args.null_space, loss_params=tuple(args.loss_param))
+                    null_space=args.null_space, loss_params=tuple(args.loss_param),
+                    holdout_quality=args.holdout_quality)
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

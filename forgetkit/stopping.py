@@ -8,9 +8,14 @@ The target says where to stop:
   checks: loss and Min-K%++ membership AUCs within 0.5 +- band, canary exposure at the held-out
   level counted from the top *and* the bottom of the candidates' ranking, and (greedy generation)
   ROUGE-L and EL10 at the held-out level;
+  with ``holdout_quality`` and TOFU-format records (perturbed answers), also Forget Quality *against the held-out set*: the
+  KS p-value of the forget set's truth ratios against the held-out set's truth ratios under the
+  starting model. Neither a retain-only model (on the forget people) nor the starting model (on the
+  held-out people) saw those people, so the second sample stands in for the first and Forget
+  Quality is estimated without training a reference model (``holdout_quality``);
 - ``reference``: the same, plus Forget Quality (the KS p-value of the forget set's truth ratios
   against a retain-only reference model's, read from that model's audit report) at least the
-  audit's bound.
+  audit's bound (this replaces the held-out estimate).
 
 Every ``check_every`` optimiser steps (or at each epoch's end) the monitor runs the audit's
 evaluation code on the forget and held-out sets: first the teacher-forced pass alone (likelihoods,
@@ -38,6 +43,7 @@ from forgetkit.audit.verdict import VerdictThresholds, decide
 from forgetkit.console import console
 from forgetkit.distributed import Ranks
 from forgetkit.errors import ForgetkitError
+from forgetkit.metrics import tofu
 from forgetkit.models import LoadedModel
 
 TARGETS = ("holdout", "reference")
@@ -55,6 +61,13 @@ class TargetParams:
     # model's, so a model that reaches the target by collapsing (NLL high on everything) never counts.
     retain_nll_rise: float = 1.0
     retain_records: int = 64  # the first N retain records are measured (teacher-forced only: cheap)
+    # --target holdout: also estimate Forget Quality against the held-out set's truth ratios (records with
+    # perturbed answers, TOFU's format); ignored by --target reference, which has the real one. Off by
+    # default: on the tiny TOFU bench it is met only well past the MIA band (BENCHMARKS.md).
+    holdout_quality: bool = False
+
+
+HOLDOUT_QUALITY = "Forget Quality vs held-out"
 
 
 def _shortfall(check: dict[str, Any]) -> float:
@@ -64,7 +77,7 @@ def _shortfall(check: dict[str, Any]) -> float:
         return 0.0
     if check["name"].startswith("MIA"):
         return abs(value - 0.5) - bound
-    if check["name"] == "Forget Quality":
+    if check["name"].startswith("Forget Quality"):
         # A p-value spans orders of magnitude: 1e-7 and 0.04 are both "bound - value" ~ 0.05 apart from
         # a 0.05 bound, which would let any small AUC miss outweigh it. Decades short is the fair unit.
         return math.log10(bound / max(value, 1e-300))
@@ -89,13 +102,18 @@ class TargetMonitor:
             self.reference = reference_from_report(params.reference_report, forget_sha256)
             if not self.reference.get("truth_ratio"):
                 raise ForgetkitError(f"{params.reference_report}: the reference report has no truth ratios (audit it with the tofu suite)")
-        need_ratio = self.reference is not None
+        self.holdout_ratios = None
+        if self.reference is None and params.holdout_quality:
+            self.holdout_ratios = self._starting_truth_ratios(holdout, loaded, truncate, ranks)
+        need_ratio = self.reference is not None or self.holdout_ratios is not None
         self.sets = {
             role: load_eval_set(role, path, loaded, truncate=truncate, canary_candidates=params.canary_candidates,
                                 need_truth_ratio=need_ratio and role == "forget")
             for role, path in (("forget", forget), ("holdout", holdout))
         }
-        if need_ratio and self.sets["forget"].truth_ratio is None:
+        if self.holdout_ratios is not None and self.sets["forget"].truth_ratio is None:
+            self.holdout_ratios, need_ratio = None, False  # held-out records in TOFU's format, forget ones not
+        if self.reference is not None and self.sets["forget"].truth_ratio is None:
             raise ForgetkitError(f"{forget}: --target reference needs forget records with 'perturbed_answer' fields (as in TOFU)")
         suites = ("extraction", "mia") + (("tofu",) if need_ratio else ())
         self.options = EvalOptions(suites=suites, max_new_tokens=params.max_new_tokens, ranks=ranks)
@@ -109,6 +127,16 @@ class TargetMonitor:
         self.best: dict[str, Any] | None = None
         self.best_state: list[torch.Tensor] | None = None
 
+    def _starting_truth_ratios(self, holdout: str, loaded: LoadedModel, truncate: bool, ranks: Ranks) -> list[float] | None:
+        """The held-out records' truth ratios under the model as training starts (None without
+        perturbed answers): the stand-in for a retain-only model's truth ratios on the forget set."""
+        evalset = load_eval_set("holdout", holdout, loaded, truncate=truncate, canary_candidates=0, need_truth_ratio=True)
+        if evalset.truth_ratio is None:
+            return None
+        options = EvalOptions(suites=("tofu",), generate=False, ranks=ranks)
+        ratios = evaluate_set(self.model, loaded.tokenizer, evalset, options)["per_example"]["truth_ratio"]
+        return [r for r in ratios if r is not None] or None
+
     # ------------------------------------------------------------------ measuring
 
     def measure(self, generate: bool) -> dict[str, Any]:
@@ -119,6 +147,8 @@ class TargetMonitor:
         variant["mia"] = aggregate.membership(variant["sets"])
         variant["tofu"] = aggregate.compare_with_reference(variant, self.reference) if self.reference else {}
         variant["verdict"] = decide(variant, self.params.thresholds)
+        if self.holdout_ratios is not None:
+            self._add_holdout_quality_check(variant)
         if self.retain is not None:
             self._add_retain_check(variant["verdict"])
         return variant
@@ -135,6 +165,17 @@ class TargetMonitor:
                                   "passed": rise <= bound, "skipped": None})
         if rise > bound:
             verdict["failed"].append(name)
+
+    def _add_holdout_quality_check(self, variant: dict[str, Any]) -> None:
+        quality = tofu.forget_quality(aggregate.forget_truth_ratios(variant), self.holdout_ratios)
+        variant["tofu"]["holdout_forget_quality"] = quality
+        bound = self.params.thresholds.forget_quality_min
+        verdict = variant["verdict"]
+        verdict["checks"].append({"name": HOLDOUT_QUALITY, "kind": "likelihood", "value": quality, "threshold": bound,
+                                  "rule": f">= {bound}: KS p-value of the forget truth ratios against the held-out "
+                                          "set's under the starting model", "passed": quality >= bound, "skipped": None})
+        if quality < bound:
+            verdict["failed"].append(HOLDOUT_QUALITY)
 
     def __call__(self, epoch: int, step: int) -> str | None:
         likelihood = self.measure(generate=False)
@@ -183,6 +224,8 @@ class TargetMonitor:
             "max_new_tokens": self.params.max_new_tokens,
             "canary_candidates": self.params.canary_candidates,
             "thresholds": dataclasses.asdict(self.params.thresholds),
+            "holdout_quality": ({"holdout_records": len(self.holdout_ratios), "against": "held-out truth ratios under the starting model"}
+                                if self.holdout_ratios is not None else None),
             "retain_guard": ({"records": len(self.retain.records), "start_nll": self.retain_start,
                               "max_rise": self.params.retain_nll_rise} if self.retain is not None else None),
             "reached": stopped is not None,

@@ -137,3 +137,48 @@ def test_forget_quality_shortfall_counts_decades_so_an_auc_miss_does_not_outweig
     earlier = _shortfall(check("Forget Quality", 0.022, 0.05))
     assert later == pytest.approx(0.046) and later < earlier
     assert _shortfall({"name": "Forget Quality", "value": 0.3, "threshold": 0.05, "passed": True}) == 0.0
+
+
+def _tofu_format(source, target):
+    """QA records with TOFU's paraphrased and perturbed answers (three other records' answers)."""
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "question" in r]
+    out = [{**r, "paraphrased_answer": r["answer"], "perturbed_answer": [rows[(i + k) % len(rows)]["answer"] for k in (1, 2, 3)]}
+           for i, r in enumerate(rows)]
+    target.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return str(target)
+
+
+def test_holdout_target_estimates_forget_quality_against_the_starting_models_held_out_truth_ratios(memorised, tmp_path):
+    """With TOFU-format records, --target holdout checks Forget Quality without a reference model: the KS
+    p-value of the forget truth ratios against the held-out ones *as the starting model scored them*
+    (frozen), recomputed here by hand from two audits."""
+    import torch
+    from scipy.stats import ks_2samp
+
+    model = str(memorised / "model")
+    forget = _tofu_format(memorised / "forget.jsonl", tmp_path / "forget.jsonl")
+    holdout = _tofu_format(memorised / "holdout.jsonl", tmp_path / "holdout.jsonl")
+    loaded = load_model(model)
+    monitor = TargetMonitor(loaded.model, loaded, forget, holdout, TargetParams("holdout", holdout_quality=True), "")
+    audit = run_audit(model, tmp_path / "start.json", AuditParams(suites=("tofu",), max_new_tokens=4, canary_candidates=0),
+                      forget=forget, holdout=holdout)["results"]["model"]["sets"]
+    start_holdout = [r for r in audit["holdout"]["per_example"]["truth_ratio"] if r is not None]
+    assert monitor.holdout_ratios == pytest.approx(start_holdout, rel=1e-6) and len(start_holdout) == 16  # the QA records
+
+    def measured(variant):
+        return next(c for c in variant["verdict"]["checks"] if c["name"] == "Forget Quality vs held-out")
+
+    # The memorised model: its forget truth ratios are nothing like never-seen people's.
+    start_forget = [r for r in audit["forget"]["per_example"]["truth_ratio"] if r is not None]
+    check = measured(monitor.measure(generate=False))
+    assert check["value"] == pytest.approx(ks_2samp(start_forget, start_holdout).pvalue, rel=1e-6)
+    assert check["value"] < 0.05 and not check["passed"]
+    # Every logit zero: every answer is as likely as every other, so each forget truth ratio is exactly 1;
+    # the held-out sample stays the starting model's.
+    with torch.no_grad():
+        loaded.model.get_output_embeddings().weight.zero_()
+    check = measured(monitor.measure(generate=False))
+    assert check["value"] == pytest.approx(ks_2samp([1.0] * len(start_forget), start_holdout).pvalue, rel=1e-6)
+    # Off unless asked.
+    assert TargetMonitor(loaded.model, loaded, forget, holdout, TargetParams("holdout"), "").holdout_ratios is None

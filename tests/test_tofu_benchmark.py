@@ -136,6 +136,11 @@ def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_a
     assert run_name("ihl@reference", "lora", 8, checked) == "ihl@reference-lora-r8-c2"
     assert run_label("ihl@reference", checked) == "ihl@reference checks every 2"
     assert run_name("ihl", "lora", 8, checked) == "ihl-lora-r8"
+    # @holdout with the held-out Forget Quality estimate is cached apart.
+    estimated = dataclasses.replace(default, holdout_quality=True, seed=1)
+    assert run_name("ihl@holdout", "lora", 8, estimated) == "ihl@holdout-lora-r8-hq-s1"
+    assert run_label("ihl@holdout", estimated) == "ihl@holdout held-out FQ"
+    assert run_name("ihl@reference", "lora", 8, estimated) == "ihl@reference-lora-r8-s1"
 
 
 @needs_tofu

@@ -60,6 +60,9 @@ class GridSpec:
     null_space: float | None = None
     # ``unlearn --loss-param KEY=VALUE`` for every run (e.g. (("retain_weight", "3"),)).
     loss_params: tuple[tuple[str, str], ...] = ()
+    # ``@holdout`` runs also check Forget Quality estimated against the held-out set (``unlearn
+    # --holdout-quality``; TargetParams.holdout_quality).
+    holdout_quality: bool = False
 
 
 def stage_cost(measurement: Measurement) -> dict[str, float]:
@@ -192,6 +195,8 @@ def _departures(grid: GridSpec, method: str) -> list[tuple[str, str]]:
         parts.append((f"-{key}{value}", f"{key} {value}"))
     if "@" in method and grid.check_every != GridSpec.check_every:
         parts.append((f"-c{grid.check_every}", f"checks every {grid.check_every}"))
+    if method.endswith("@holdout") and grid.holdout_quality:
+        parts.append(("-hq", "held-out FQ"))
     return parts
 
 
@@ -223,6 +228,7 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
     loss, _, target = method.partition("@")
     params = UnlearnParams(loss=loss, train=train, loss_params=dict(grid.loss_params),
                            target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens,
+                                               holdout_quality=grid.holdout_quality,
                                                # ``loss@reference`` stops on Forget Quality against the bench's own
                                                # reference model: an oracle rule (it reads the statistic the table
                                                # reports), beside ``@holdout``'s, which needs no retrained model.
