@@ -41,6 +41,11 @@ class TrainConfig:
     # Retain records beside each forget micro-batch (None: as many as the forget micro-batch). More
     # of them steady the retain term when the kept records look like the forgotten ones.
     retain_micro_batch_size: int | None = None
+    # Sharpness-aware steps (SAM, Foret et al. 2021; for unlearning, Fan et al. 2025): each step's gradient
+    # is taken at the weights moved by this radius along the step's own gradient, so training seeks a
+    # minimum whose whole neighbourhood forgets, which a few relearning steps cannot leave. 0: plain steps.
+    # Two forward/backward passes a step.
+    sam_rho: float = 0.0
 
 
 @dataclasses.dataclass
@@ -121,6 +126,10 @@ def train(
         raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
     if config.retain_micro_batch_size is not None and config.retain_micro_batch_size < 1:
         raise ForgetkitError("--retain-micro-batch-size must be at least 1")
+    if config.sam_rho < 0:
+        raise ForgetkitError("--sam-rho must be 0 (plain steps) or a positive radius")
+    if config.sam_rho > 0 and deepspeed:
+        raise ForgetkitError("--sam-rho is not supported under DeepSpeed (its engine owns the step); run without it")
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
     if loss_fn.needs_holdout and not holdout:
@@ -172,40 +181,60 @@ def train(
                 # micro-batch whichever rank runs it.
                 retains = [retain_stream.next() if retain_stream else None for _ in micros]
                 held_out = [holdout_stream.next() if holdout_stream else None for _ in micros]
-                terms_sum: dict[str, float] = {}
-                bad_loss = None
                 mine: list[int | None] = [i for i in range(len(micros)) if owns(i, ranks)]
                 if equal_passes:
                     mine += [None] * (math.ceil(len(micros) / ranks.world) - len(mine))
-                for position, index in enumerate(mine):
-                    chosen = 0 if index is None else index
-                    micro, retain_micro, holdout_micro = micros[chosen], retains[chosen], held_out[chosen]
-                    forget_batch = to_device(micro)
-                    retain_batch = to_device(retain_micro) if retain_micro else None
-                    ctx = LossContext(model=forward_model, forget=forget_batch, retain=retain_batch, reference=reference,
-                                      holdout=to_device(holdout_micro) if holdout_micro else None)
-                    with autocast():
-                        terms = loss_fn(ctx)
-                    weight = 0.0 if index is None else len(micro) / len(batch_examples)
-                    if not torch.isfinite(terms["loss"]):
-                        bad_loss = terms["loss"].item()
-                        if not equal_passes:
-                            break
-                    if engine:
-                        engine.backward(terms["loss"] * weight, last_of_step=position == len(mine) - 1)
-                    else:
-                        accelerator.backward(terms["loss"] * weight)
-                    if index is None or bad_loss is not None:
-                        continue
-                    for key, value in terms.items():
-                        terms_sum[key] = terms_sum.get(key, 0.0) + value.item() * weight
-                    tokens += target_token_count(forget_batch) + (target_token_count(retain_batch) if retain_batch else 0)
+
+                def passes() -> tuple[dict[str, float], float | None, int]:
+                    """Forward and backward over this rank's micro-batches of the step; the gradients
+                    accumulate in the parameters. Returns the weighted loss terms, a non-finite loss
+                    if one came up, and the tokens that carried loss."""
+                    terms_sum: dict[str, float] = {}
+                    bad_loss, seen = None, 0
+                    for position, index in enumerate(mine):
+                        chosen = 0 if index is None else index
+                        micro, retain_micro, holdout_micro = micros[chosen], retains[chosen], held_out[chosen]
+                        forget_batch = to_device(micro)
+                        retain_batch = to_device(retain_micro) if retain_micro else None
+                        ctx = LossContext(model=forward_model, forget=forget_batch, retain=retain_batch, reference=reference,
+                                          holdout=to_device(holdout_micro) if holdout_micro else None)
+                        with autocast():
+                            terms = loss_fn(ctx)
+                        weight = 0.0 if index is None else len(micro) / len(batch_examples)
+                        if not torch.isfinite(terms["loss"]):
+                            bad_loss = terms["loss"].item()
+                            if not equal_passes:
+                                break
+                        if engine:
+                            engine.backward(terms["loss"] * weight, last_of_step=position == len(mine) - 1)
+                        else:
+                            accelerator.backward(terms["loss"] * weight)
+                        if index is None or bad_loss is not None:
+                            continue
+                        for key, value in terms.items():
+                            terms_sum[key] = terms_sum.get(key, 0.0) + value.item() * weight
+                        seen += target_token_count(forget_batch) + (target_token_count(retain_batch) if retain_batch else 0)
+                    return terms_sum, bad_loss, seen
+
+                terms_sum, bad_loss, seen = passes()
+                tokens += seen
                 terms_sum, bad_loss = _combine(terms_sum, bad_loss, ranks)
                 if bad_loss is not None:
                     raise ForgetkitError(
                         f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: loss is {bad_loss} "
                         "(lower --lr or raise --retain-weight); no adapter was written"
                     )
+                if config.sam_rho > 0 and not engine:
+                    _sum_gradients(trainable, ranks)
+                    moved = _ascend(trainable, config.sam_rho)
+                    _, sharp_loss, _ = passes()  # the gradient at the moved weights is the one stepped on
+                    _descend(trainable, moved)
+                    (sharp_loss,) = sum_numbers([0.0 if sharp_loss is None else 1.0], ranks, device)
+                    if sharp_loss:
+                        raise ForgetkitError(
+                            f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: the loss at the "
+                            "sharpness-aware neighbour is not finite (lower --sam-rho or --lr); no adapter was written"
+                        )
                 if engine:
                     grad_norm = engine.step()
                 else:
@@ -255,6 +284,28 @@ def _combine(terms_sum: dict[str, float], bad_loss: float | None, ranks: Ranks) 
             combined[key] = combined.get(key, 0.0) + value
     bad = next((b for _, b in shares if b is not None), None)
     return combined, bad
+
+
+def _ascend(trainable: list[torch.nn.Parameter], rho: float) -> list[torch.Tensor]:
+    """Move the weights by ``rho`` along their gradient (unit norm over all of them), clear the
+    gradients, and return the moves to undo."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    scale = rho / (float(norm) + 1e-12)
+    moves = []
+    with torch.no_grad():
+        for param, grad in zip(trainable, grads):
+            move = (grad * scale).to(param.dtype)
+            param.add_(move)
+            moves.append(move)
+            param.grad = None
+    return moves
+
+
+def _descend(trainable: list[torch.nn.Parameter], moves: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, move in zip(trainable, moves):
+            param.sub_(move)
 
 
 def _sum_gradients(trainable: list[torch.nn.Parameter], ranks: Ranks) -> None:

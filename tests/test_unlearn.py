@@ -288,3 +288,62 @@ def test_unseen_loss_trains_on_held_out_micro_batches_and_needs_them(tiny_models
     log = json.loads((tmp_path / "b" / "training_log.json").read_text())
     canary = [entry["match_canary"] for entry in log]
     assert len(canary) == 4 and any(value > 0 for value in canary)
+
+
+def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(tiny_models, data_dir):
+    """--sam-rho: the step's gradient is taken at w + rho * g / |g| (g the plain gradient), then applied
+    at w. AdamW's first step moves each weight by lr * g' / (|g'| + eps), so the result is checked
+    against g' computed by hand, and differs from the plain step wherever g and g' disagree in sign."""
+    from forgetkit.adapters import build_peft_model, lora_config
+    from forgetkit.data import collate
+    from forgetkit.distributed import make_accelerator
+    from forgetkit.models import discover_targets
+    from forgetkit.plugins import load_loss
+    from forgetkit.stages.common import load_examples
+    from forgetkit.training import train
+
+    loaded = load_model(str(tiny_models["llama"]))
+    _, examples = load_examples(str(data_dir / "forget_qa.jsonl"), loaded)
+    examples = examples[:8]
+    torch.manual_seed(0)
+    model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), 4, 8))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():  # LoRA's B starts at zero; a start off zero gives every weight a gradient
+            p.normal_(0, 0.05)
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    loss, rho, lr = load_loss("ga"), 0.5, 1e-2
+    pad = loaded.tokenizer.pad_token_id
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        loss(LossContext(model=model, forget=collate(examples, pad), retain=None))["loss"].backward()
+        return {n: p.grad.detach().clone() for n, p in trainable.items()}
+
+    model.train()
+    plain = gradients()
+    norm = torch.sqrt(sum(g.square().sum() for g in plain.values()))
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.add_(plain[n] * rho / norm)
+    sharp = gradients()
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.copy_(start[n])
+    model.zero_grad(set_to_none=True)
+
+    config = TrainConfig(lr=lr, epochs=1, batch_size=8, micro_batch_size=8, max_grad_norm=1e9, sam_rho=rho)
+    result = train(model, loss, examples, None, pad, config, accelerator=make_accelerator())
+    assert result.steps == 1
+    flipped = 0
+    for n, p in trainable.items():
+        expected = start[n] - lr * sharp[n] / (sharp[n].abs() + 1e-8)
+        assert torch.allclose(p.detach(), expected, atol=1e-5), n
+        flipped += int((torch.sign(sharp[n]) != torch.sign(plain[n])).sum())
+    assert flipped > 0  # so a plain step would have landed elsewhere
+
+
+def test_sharpness_aware_radius_must_not_be_negative(tiny_models, data_dir, tmp_path):
+    with pytest.raises(ForgetkitError, match="--sam-rho must be 0"):
+        run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget_qa.jsonl"), tmp_path / "out",
+                    UnlearnParams(loss="ga", train=dataclasses.replace(FAST, sam_rho=-0.1)))
