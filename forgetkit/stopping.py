@@ -8,11 +8,11 @@ The target says where to stop:
   checks: loss and Min-K%++ membership AUCs within 0.5 +- band, canary exposure at the held-out
   level counted from the top *and* the bottom of the candidates' ranking, and (greedy generation)
   ROUGE-L and EL10 at the held-out level;
-  with ``holdout_quality`` and TOFU-format records (perturbed answers), also Forget Quality *against the held-out set*: the
-  KS p-value of the forget set's truth ratios against the held-out set's truth ratios under the
-  starting model. Neither a retain-only model (on the forget people) nor the starting model (on the
-  held-out people) saw those people, so the second sample stands in for the first and Forget
-  Quality is estimated without training a reference model (``holdout_quality``);
+  with ``holdout_quality`` (TOFU-format records, with perturbed answers), also Forget Quality
+  *against the held-out set*: the KS p-value of the forget set's truth ratios against the held-out
+  set's under the starting model. Neither a retain-only model (on the forget people) nor the
+  starting model (on the held-out people) saw those people, so the second sample stands in for the
+  first and Forget Quality is estimated without training a reference model;
 - ``reference``: the same, plus Forget Quality (the KS p-value of the forget set's truth ratios
   against a retain-only reference model's, read from that model's audit report) at least the
   audit's bound (this replaces the held-out estimate).
@@ -102,19 +102,22 @@ class TargetMonitor:
             self.reference = reference_from_report(params.reference_report, forget_sha256)
             if not self.reference.get("truth_ratio"):
                 raise ForgetkitError(f"{params.reference_report}: the reference report has no truth ratios (audit it with the tofu suite)")
+        if params.holdout_quality and self.reference is not None:
+            raise ForgetkitError("--holdout-quality goes with --target holdout (--target reference measures Forget Quality itself)")
         self.holdout_ratios = None
-        if self.reference is None and params.holdout_quality:
+        if params.holdout_quality:
             self.holdout_ratios = self._starting_truth_ratios(holdout, loaded, truncate, ranks)
+            if self.holdout_ratios is None:
+                raise ForgetkitError(f"{holdout}: --holdout-quality needs held-out records with 'perturbed_answer' fields (as in TOFU)")
         need_ratio = self.reference is not None or self.holdout_ratios is not None
         self.sets = {
             role: load_eval_set(role, path, loaded, truncate=truncate, canary_candidates=params.canary_candidates,
                                 need_truth_ratio=need_ratio and role == "forget")
             for role, path in (("forget", forget), ("holdout", holdout))
         }
-        if self.holdout_ratios is not None and self.sets["forget"].truth_ratio is None:
-            self.holdout_ratios, need_ratio = None, False  # held-out records in TOFU's format, forget ones not
-        if self.reference is not None and self.sets["forget"].truth_ratio is None:
-            raise ForgetkitError(f"{forget}: --target reference needs forget records with 'perturbed_answer' fields (as in TOFU)")
+        if need_ratio and self.sets["forget"].truth_ratio is None:
+            option = "--target reference" if self.reference is not None else "--holdout-quality"
+            raise ForgetkitError(f"{forget}: {option} needs forget records with 'perturbed_answer' fields (as in TOFU)")
         suites = ("extraction", "mia") + (("tofu",) if need_ratio else ())
         self.options = EvalOptions(suites=suites, max_new_tokens=params.max_new_tokens, ranks=ranks)
         self.trainable = [p for p in model.parameters() if p.requires_grad]

@@ -180,5 +180,10 @@ def test_holdout_target_estimates_forget_quality_against_the_starting_models_hel
         loaded.model.get_output_embeddings().weight.zero_()
     check = measured(monitor.measure(generate=False))
     assert check["value"] == pytest.approx(ks_2samp([1.0] * len(start_forget), start_holdout).pvalue, rel=1e-6)
-    # Off unless asked.
+    # Off unless asked; asked of records without perturbed answers, refused in one line.
     assert TargetMonitor(loaded.model, loaded, forget, holdout, TargetParams("holdout"), "").holdout_ratios is None
+    plain = str(memorised / "holdout.jsonl")
+    with pytest.raises(ForgetkitError, match="holdout.jsonl: --holdout-quality needs held-out records with 'perturbed_answer'"):
+        TargetMonitor(loaded.model, loaded, forget, plain, TargetParams("holdout", holdout_quality=True), "")
+    with pytest.raises(ForgetkitError, match="forget.jsonl: --holdout-quality needs forget records with 'perturbed_answer'"):
+        TargetMonitor(loaded.model, loaded, str(memorised / "forget.jsonl"), holdout, TargetParams("holdout", holdout_quality=True), "")
