@@ -227,10 +227,10 @@ def train(
                 if config.sam_rho > 0 and not engine:
                     _sum_gradients(trainable, ranks)
                     moved = _ascend(trainable, config.sam_rho)
-                    _, sharp_loss, _ = passes()  # the gradient at the moved weights is the one stepped on
+                    _, moved_bad_loss, _ = passes()  # the gradient at the moved weights is the one stepped on
                     _descend(trainable, moved)
-                    (sharp_loss,) = sum_numbers([0.0 if sharp_loss is None else 1.0], ranks, device)
-                    if sharp_loss:
+                    (ranks_diverged,) = sum_numbers([0.0 if moved_bad_loss is None else 1.0], ranks, device)
+                    if ranks_diverged:
                         raise ForgetkitError(
                             f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: the loss at the "
                             "sharpness-aware neighbour is not finite (lower --sam-rho or --lr); no adapter was written"
