@@ -134,6 +134,9 @@ class Example:
     # The same record with its secret swapped for same-format strings, for losses that compare a
     # secret with its twins (``UnlearningLoss.prepare_examples``); empty otherwise.
     twins: tuple["Example", ...] = ()
+    # The same record with its answer swapped for each of its wrong (perturbed) answers, for losses
+    # that score an answer against the wrong ones, as TOFU's truth ratio does; empty otherwise.
+    perturbed: tuple["Example", ...] = ()
 
 
 # Fields the audit's prompt attacks set on copies of records (never read from data files' meaning):
@@ -217,11 +220,13 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.T
         attention_mask[row, :n] = 1
     index = torch.tensor([e.index for e in examples], dtype=torch.long)
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "index": index}
-    twins = [(row, twin) for row, example in enumerate(examples) for twin in example.twins]
-    if twins:
-        twin_batch = collate([twin for _, twin in twins], pad_token_id)
-        batch.update({f"twin_{key}": twin_batch[key] for key in ("input_ids", "labels", "attention_mask")})
-        batch["twin_owner"] = torch.tensor([row for row, _ in twins], dtype=torch.long)  # the batch row it copies
+    for field, prefix in (("twins", "twin_"), ("perturbed", "perturbed_")):
+        attached = [(row, copy) for row, example in enumerate(examples) for copy in getattr(example, field)]
+        if attached:
+            sub_batch = collate([copy for _, copy in attached], pad_token_id)
+            batch.update({prefix + key: sub_batch[key] for key in ("input_ids", "labels", "attention_mask")})
+            # The batch row each copy was made from.
+            batch[prefix + "owner"] = torch.tensor([row for row, _ in attached], dtype=torch.long)
     return batch
 
 

@@ -239,3 +239,122 @@ def _blank(index):
     from forgetkit.data import Example
 
     return Example(input_ids=[0, 1], labels=[IGNORE_INDEX, 1], prompt_length=1, index=index)
+
+
+def test_unseen_truth_ratio_statistic_matches_hand_computation():
+    """log TR_r = mean NLL(answer) - mean_k mean NLL(wrong answer k), matched by sorted quantiles to
+    the held-out records' values under the frozen model; hand-computed from the logits table."""
+    from forgetkit.data import Example, Record, collate
+    from forgetkit.losses.unseen import MatchUnseen
+
+    torch.manual_seed(7)
+    table = torch.randn(14, 4, 5) * 2  # rows 0-1 forgotten, 2-4 held out, 5 retain, 6-13 wrong answers
+    frozen_table = table.clone()
+    frozen_table[2:5] = torch.randn(3, 4, 5) * 3  # the frozen model disagrees about the held-out records
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 1, 3]
+
+    def example(i, wrong=()):
+        return Example(input_ids=[i, 0, 0, 0], labels=labels, prompt_length=2, index=i,
+                       perturbed=tuple(example(j) for j in wrong))
+
+    wrong_of = {0: (6, 7), 1: (8,), 2: (9, 10), 3: (11,), 4: (12, 13)}  # records may hold different counts
+    forget = collate([example(0, wrong_of[0]), example(1, wrong_of[1])], 0)
+    assert forget["perturbed_owner"].tolist() == [0, 0, 1]
+    holdout = collate([example(i, wrong_of[i]) for i in (2, 3, 4)], 0)
+    retain = collate([example(5)], 0)
+
+    def nll(t, i):
+        return _hand_statistics(t[i].tolist(), labels)[0]
+
+    def log_tr(t, i):
+        return nll(t, i) - sum(nll(t, j) for j in wrong_of[i]) / len(wrong_of[i])
+
+    ours = sorted(log_tr(table, i) for i in (0, 1))
+    target = _quantiles([log_tr(frozen_table, i) for i in (2, 3, 4)], 2)
+    expected = sum((a - b) ** 2 for a, b in zip(ours, target)) / 2
+    model, frozen = RecordLogits(table), RecordLogits(frozen_table)
+    ctx = LossContext(model=model, forget=forget, retain=retain, holdout=holdout,
+                      reference=lambda b: frozen(b["input_ids"], b["attention_mask"]).logits.detach())
+    terms = MatchUnseen(statistics="truth_ratio", retain_weight=0.0)(ctx)
+    assert abs(terms["match_truth_ratio"].item() - expected) < 1e-5
+    assert abs(terms["loss"].item() - expected) < 1e-5
+    # Gradient reaches the forget answers and their wrong answers, nothing on the held-out side.
+    terms["loss"].backward()
+    grad = model.table.grad
+    assert grad[[0, 1, 6, 7, 8]].abs().sum() > 0 and grad[[2, 3, 4, 9, 10, 11, 12, 13]].abs().sum() == 0
+
+    # The hinge only pushes up to the held-out level: a forget record already above it costs nothing.
+    hinge = MatchUnseen(statistics="truth_ratio", retain_weight=0.0, mode="hinge")(ctx)["loss"].item()
+    assert abs(hinge - sum(max(0.0, b - a) ** 2 for a, b in zip(ours, target)) / 2) < 1e-5
+
+    # Wrong answers are attached from ``perturbed_answer`` (a list or one string); a record without any
+    # is refused with its file and line.
+    encode = lambda records: [r["answer"] for r in records]  # noqa: E731
+    records = [Record(fields={"question": "Q?", "answer": "A.", "perturbed_answer": ["B.", "C."]}, source="f.jsonl:1"),
+               Record(fields={"question": "Q?", "answer": "A.", "perturbed_answer": "D."}, source="f.jsonl:2")]
+    loss = MatchUnseen(statistics="nll,truth_ratio", canary_twins=0)
+    out = loss.prepare_examples(records, [_blank(0), _blank(1)], encode)
+    assert [e.perturbed for e in out] == [("B.", "C."), ("D.",)]
+    assert loss.prepare_holdout(records, [_blank(0), _blank(1)], encode)[1].perturbed == ("D.",)
+    assert MatchUnseen().prepare_holdout(records, [_blank(0), _blank(1)], encode)[0].perturbed == ()
+    bare = Record(fields={"question": "Q?", "answer": "A."}, source="h.jsonl:7")
+    with pytest.raises(ForgetkitError, match="h.jsonl:7: .*perturbed_answer"):
+        loss.prepare_holdout([bare], [_blank(0)], encode)
+
+
+def test_unseen_huber_bounds_the_pull_of_a_far_record():
+    """huber=w: g^2 within w, 2 w |g| - w^2 beyond, on the same hand statistics as the squared form."""
+    from forgetkit.losses.unseen import MatchUnseen, squared_or_huber
+
+    gaps = torch.tensor([-3.0, -0.5, 0.0, 0.25, 2.0])
+    assert torch.allclose(squared_or_huber(gaps, 1.0), torch.tensor([5.0, 0.25, 0.0, 0.0625, 3.0]))
+    assert torch.equal(squared_or_huber(gaps, 0.0), gaps.square())
+
+    torch.manual_seed(11)
+    table = torch.randn(4, 4, 5) * 4
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 1, 3]
+    batch = lambda ids: {"input_ids": torch.tensor([[i, 0, 0, 0] for i in ids]),  # noqa: E731
+                         "attention_mask": torch.ones(len(ids), 4, dtype=torch.long), "labels": torch.tensor([labels] * len(ids))}
+    ctx = LossContext(model=RecordLogits(table), forget=batch([0, 1]), retain=batch([0]), holdout=batch([2, 3]))
+    ours = sorted(_hand_statistics(table[i].tolist(), labels)[0] for i in (0, 1))
+    target = _quantiles([_hand_statistics(table[i].tolist(), labels)[0] for i in (2, 3)], 2)
+    width = 0.5
+    expected = sum(g * g if abs(g) <= width else 2 * width * abs(g) - width * width
+                   for g in (a - b for a, b in zip(ours, target))) / 2
+    terms = MatchUnseen(statistics="nll", huber=width, retain_weight=0.0, targets="current")(ctx)
+    assert abs(terms["match_nll"].item() - expected) < 1e-5
+    assert any(abs(a - b) > width for a, b in zip(ours, target))  # the linear branch is exercised
+    with pytest.raises(ForgetkitError, match="huber must be 0"):
+        MatchUnseen(huber=-1.0)
+
+
+def test_unseen_ihl_mode_pushes_below_the_held_out_level_and_pulls_back_above_it():
+    """mode=ihl by hand: records ranked by NLL, paired with the held-out quantile of their rank; IHL
+    averaged over the record's tokens where it is likelier than its quantile, the squared overshoot
+    where it is not."""
+    from forgetkit.losses.unseen import MatchUnseen
+
+    torch.manual_seed(13)
+    table = torch.randn(6, 4, 5) * 3  # rows 0-2 forgotten, 3-5 held out
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 1, 3]
+    batch = lambda ids: {"input_ids": torch.tensor([[i, 0, 0, 0] for i in ids]),  # noqa: E731
+                         "attention_mask": torch.ones(len(ids), 4, dtype=torch.long), "labels": torch.tensor([labels] * len(ids))}
+
+    def hand_ihl(i):
+        values = []
+        for position in (1, 2):
+            p = softmax(table[i, position].tolist())
+            true = labels[position + 1]
+            values.append(1 + p[true] - max(x for v, x in enumerate(p) if v != true))
+        return sum(values) / len(values)
+
+    nll = {i: _hand_statistics(table[i].tolist(), labels)[0] for i in range(6)}
+    ranked = sorted((0, 1, 2), key=lambda i: nll[i])
+    quantiles = _quantiles([nll[i] for i in (3, 4, 5)], 3)
+    paired = dict(zip(ranked, quantiles))
+    below = {i: nll[i] < paired[i] for i in ranked}
+    assert set(below.values()) == {True, False}  # both branches are exercised
+    expected = sum(hand_ihl(i) if below[i] else (nll[i] - paired[i]) ** 2 for i in (0, 1, 2)) / 3
+    ctx = LossContext(model=RecordLogits(table), forget=batch([0, 1, 2]), retain=batch([0]), holdout=batch([3, 4, 5]))
+    terms = MatchUnseen(statistics="nll", mode="ihl", retain_weight=0.0, targets="current")(ctx)
+    assert abs(terms["match_nll"].item() - expected) < 1e-5

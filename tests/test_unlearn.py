@@ -290,6 +290,35 @@ def test_unseen_loss_trains_on_held_out_micro_batches_and_needs_them(tiny_models
     assert len(canary) == 4 and any(value > 0 for value in canary)
 
 
+def test_unseen_truth_ratio_statistic_trains_through_the_stage(tiny_models, data_dir, tmp_path):
+    """statistics=nll,truth_ratio: the wrong answers reach the loss on the forget and the held-out side
+    (its logged gap is a measured number), and a held-out record without them is refused by file and line."""
+    model = str(tiny_models["llama"])
+
+    def with_wrong_answers(name, limit):
+        rows = [json.loads(line) for line in (data_dir / name).read_text().splitlines()
+                if "question" in json.loads(line)][:limit]
+        for n, row in enumerate(rows):
+            row["perturbed_answer"] = [rows[(n + k) % len(rows)]["answer"] for k in (1, 2)]
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path, rows
+
+    forget, _ = with_wrong_answers("forget_qa.jsonl", 8)
+    holdout, rows = with_wrong_answers("holdout.jsonl", 8)
+    params = UnlearnParams(loss="unseen", train=FAST,
+                           loss_params={"statistics": "nll,truth_ratio", "huber": "1", "canary_twins": "0"})
+    meta = run_unlearn(model, str(forget), tmp_path / "a", params,
+                       retain=str(data_dir / "retain_small.jsonl"), holdout=str(holdout))
+    terms = meta.results["final_terms"]
+    assert terms["match_truth_ratio"] > 0 and terms["gap_truth_ratio"] != 0 and "match_min_k_pp" not in terms
+    del rows[2]["perturbed_answer"]
+    holdout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ForgetkitError, match=r"holdout.jsonl:3: loss 'unseen' with the truth_ratio statistic needs"):
+        run_unlearn(model, str(forget), tmp_path / "b", params,
+                    retain=str(data_dir / "retain_small.jsonl"), holdout=str(holdout))
+
+
 def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(tiny_models, data_dir):
     """--sam-rho: the step's gradient is taken at w + rho * g / |g| (g the plain gradient), then applied
     at w. AdamW's first step moves each weight by lr * g' / (|g'| + eps), so the result is checked

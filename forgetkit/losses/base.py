@@ -54,6 +54,11 @@ class UnlearningLoss:
         encodes records the way the forget set was."""
         return examples
 
+    def prepare_holdout(self, records: Sequence[Record], examples: list[Example],
+                        encode: Callable[[Sequence[Record]], list[Example]]) -> list[Example]:
+        """The same hook for the held-out records of ``needs_holdout`` losses."""
+        return examples
+
     def __call__(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -95,6 +100,12 @@ def mean_kl(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.
     log_q, log_p = logits.log_softmax(-1), reference.log_softmax(-1)
     per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def record_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sequence: the mean NLL of its target tokens."""
+    log_probs, mask = token_log_probs(logits, labels)
+    return -log_probs.sum(1) / mask.sum(1).clamp(min=1)
 
 
 def sequence_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

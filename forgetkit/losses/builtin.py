@@ -35,7 +35,7 @@ class InvertedHinge(UnlearningLoss):
         return {"loss": ihl + self.retain_weight * retain, "ihl": ihl, "retain_nll": retain}
 
 
-def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _inverted_hinge_tokens(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits, targets, mask = shift(logits, labels)
     probs = logits.softmax(dim=-1)
     p_true = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -43,8 +43,19 @@ def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     top2 = probs.topk(2, dim=-1)
     first_is_true = top2.indices[..., 0] == targets
     p_other = torch.where(first_is_true, top2.values[..., 1], top2.values[..., 0])
-    per_token = 1.0 + p_true - p_other
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return (1.0 + p_true - p_other) * mask, mask
+
+
+def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean over every target token of the batch."""
+    per_token, mask = _inverted_hinge_tokens(logits, labels)
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def inverted_hinge_per_record(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean over each record's target tokens, one value per record."""
+    per_token, mask = _inverted_hinge_tokens(logits, labels)
+    return per_token.sum(1) / mask.sum(1).clamp(min=1)
 
 
 @dataclasses.dataclass

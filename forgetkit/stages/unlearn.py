@@ -113,7 +113,13 @@ def run_unlearn(
         forget_records, forget_examples,
         lambda records: encode(records, tokenizer, context_length=loaded.context_length, truncate=params.truncate))
     retain_examples = load_examples(retain, loaded, truncate=params.truncate)[1] if retain else None
-    holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)[1] if holdout else None
+    holdout_examples = training_holdout = None
+    if holdout:
+        holdout_records, holdout_examples = load_examples(holdout, loaded, truncate=params.truncate)
+        # What the loss sees may carry more (e.g. wrong answers); the stopping checks score the plain records.
+        training_holdout = loss_fn.prepare_holdout(
+            holdout_records, holdout_examples,
+            lambda records: encode(records, tokenizer, context_length=loaded.context_length, truncate=params.truncate))
     # The stopping rule measures the original forget targets, not a loss's rewritten ones (idk).
     original_forget = (
         load_examples(forget, loaded, truncate=params.truncate)[1] if params.until_forgotten else forget_examples
@@ -182,7 +188,7 @@ def run_unlearn(
             resume=resume,
             stop_check=stop_check,
             check_every=params.target.check_every if params.target else 0,
-            holdout=holdout_examples,
+            holdout=training_holdout,
             # Every forward pass of a split base gathers weights across processes: all take the same number.
             equal_passes=sharded or in_deepspeed,
             deepspeed=in_deepspeed,
