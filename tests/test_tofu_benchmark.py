@@ -267,6 +267,16 @@ def test_plot_tells_a_loss_stopped_at_a_target_from_the_same_loss_run_to_the_end
     assert loss_and_target({"method": "ihl lr 0.003"}) == ("ihl", "")
 
 
+def test_plot_shades_further_configurations_of_one_loss():
+    from forgetkit.benchmark.plots import shade
+
+    assert shade("#2ca02c", 0) == "#2ca02c"
+    # Variant 1 blends 45% toward white, variant 2 40% toward black: 0x2c = 44 -> 44 + 0.45 * 211 = 139 (0x8b),
+    # 44 * 0.6 = 26 (0x1a).
+    assert shade("#2ca02c", 1)[1:3] == "8b" and shade("#2ca02c", 2)[1:3] == "1a"
+    assert len({shade("#1f77b4", k) for k in range(6)}) == 6
+
+
 def test_combined_results_keep_every_run_and_refuse_another_models_results(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     try:

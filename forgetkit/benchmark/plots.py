@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import to_hex, to_rgb  # noqa: E402
 
 from forgetkit.artifacts import atomic_file  # noqa: E402
 
@@ -32,15 +33,33 @@ def marker(run: dict[str, Any]) -> str:
     return TARGET_MARKERS.get(loss_and_target(run)[1]) or INIT_MARKERS.get(run["init"], "s")
 
 
+# Further configurations of one loss (other parameters, other stopping) get shades of its colour:
+# blended this far toward white (positive) or black (negative).
+SHADES = (0.0, 0.45, -0.4, 0.7, -0.6, 0.25)
+
+
+def shade(colour: str, variant: int) -> str:
+    """The loss's colour for its ``variant``-th configuration in the plot (0: the colour itself)."""
+    amount = SHADES[variant % len(SHADES)]
+    toward = 1.0 if amount > 0 else 0.0
+    return to_hex(tuple(c + abs(amount) * (toward - c) for c in to_rgb(colour)))
+
+
 def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
-    figure, axis = plt.subplots(figsize=(7, 5))
+    plotted = [r for r in results["runs"] if r["forget_quality"] is not None and r["model_utility"] is not None]
+    labels = list(dict.fromkeys(f"{r['method'].upper()} + {r['init'].upper()}" for r in plotted))
+    # The legend sits under the axes, so a long list of configurations never covers the points.
+    figure, axis = plt.subplots(figsize=(8, 5 + 0.17 * (len(labels) + 3)))
+    variants: dict[str, list[str]] = {}
     seen = set()
-    for run in results["runs"]:
-        if run["forget_quality"] is None or run["model_utility"] is None:
-            continue
+    for run in plotted:
         label = f"{run['method'].upper()} + {run['init'].upper()}"
-        axis.scatter(run["model_utility"], max(run["forget_quality"], FLOOR),
-                     color=METHOD_COLOURS.get(loss_and_target(run)[0], "#7f7f7f"), marker=marker(run),
+        loss = loss_and_target(run)[0]
+        configurations = variants.setdefault(loss, [])
+        if label not in configurations:
+            configurations.append(label)
+        colour = shade(METHOD_COLOURS.get(loss, "#7f7f7f"), configurations.index(label))
+        axis.scatter(run["model_utility"], max(run["forget_quality"], FLOOR), color=colour, marker=marker(run),
                      s=30 + 6 * run["rank"], alpha=0.8, label=None if label in seen else label,
                      edgecolors="black", linewidths=0.4)
         seen.add(label)
@@ -59,10 +78,9 @@ def fq_mu_plot(results: dict[str, Any], path: Path) -> Path:
     axis.set_xlabel("Model Utility")
     axis.set_ylabel("Forget Quality (KS p-value, log)")
     axis.set_title("TOFU: Forget Quality against Model Utility (marker size = rank)")
-    axis.legend(fontsize=7, loc="lower left")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.12), borderaxespad=0.0)
     axis.grid(True, alpha=0.3)
-    figure.tight_layout()
     with atomic_file(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
