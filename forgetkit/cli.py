@@ -484,9 +484,25 @@ def registry_add(
     add_entries(paths)
 
 
+def _close_process_group() -> None:
+    """Tear down a launcher's process group before the interpreter does: left to shutdown, a rank of a
+    finished stage has been seen to abort ("terminate called without an active exception") while gloo's
+    threads were still up, failing a run whose artifact was already written."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run() -> None:  # console-script entry point
-    app()
+    try:
+        app()
+    finally:
+        _close_process_group()
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    try:
+        sys.exit(app())
+    finally:
+        _close_process_group()
