@@ -71,6 +71,59 @@ def general_text(tofu: Path) -> Path:
     return out
 
 
+def knowledge_probe(loaded, tofu: Path):
+    """A scorer: the share of TOFU world-facts / real-authors questions, among those the pretrained model
+    gets right, on which the model gives the true answer a lower mean NLL than each perturbed one, with the
+    record's own answer sentence up to the answer as the opening (a cloze, so style cannot decide it)."""
+    from forgetkit.data import question_prompt
+    from forgetkit.metrics.likelihood import shared_prompt_nll
+
+    tok = loaded.tokenizer
+    items = []
+    for name in ("world_facts_perturbed", "real_authors_perturbed"):
+        for line in (tofu / f"{name}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            at = record.get("original_answer", "").find(record["answer"])
+            if at > 0:
+                prompt = question_prompt(record["question"], tok) + tok(record["original_answer"][:at].rstrip(), add_special_tokens=False)["input_ids"]
+                options = [tok(" " + a, add_special_tokens=False)["input_ids"] for a in [record["answer"], *record["perturbed_answer"]]]
+                items.append((prompt, options))
+
+    def right(model) -> list[bool]:
+        scores = shared_prompt_nll(model, tok.pad_token_id or 0, items)
+        return [min(range(len(s)), key=s.__getitem__) == 0 for s in scores]
+
+    known = [i for i, ok in enumerate(right(loaded.model)) if ok]
+    print(f"knowledge probe: the pretrained model gets {len(known)} of {len(items)} right", flush=True)
+
+    def score_of(model) -> float:
+        ok = right(model)
+        return sum(ok[i] for i in known) / len(known)
+
+    return score_of
+
+
+def sparse_trainable(loaded, targets, people, general, fraction: float):
+    """The model itself with only ``fraction`` of each target matrix trainable: the entries whose Fisher on
+    ``people`` (per token) most exceeds their Fisher on ``general``; the rest get zero gradient."""
+    from forgetkit.stages.fisher import accumulate_fisher
+
+    on_people, people_tokens = accumulate_fisher(loaded, targets, people, 1, "example", "people")
+    on_general, general_tokens = accumulate_fisher(loaded, targets, general, 4, "batch", "general")
+    modules = dict(loaded.model.named_modules())
+    for param in loaded.model.parameters():
+        param.requires_grad_(False)
+    for name in targets:
+        ratio = (on_people[name] / people_tokens) / (on_general[name] / general_tokens + 1e-12)
+        keep = max(1, int(fraction * ratio.numel()))
+        cutoff = ratio.flatten().kthvalue(ratio.numel() - keep + 1).values
+        mask = (ratio >= cutoff).to(ratio.dtype)
+        weight = modules[name].weight
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad, mask=mask: grad * mask)
+    return loaded.model
+
+
 def layer_of(name: str) -> int:
     found = re.search(r"\.layers\.(\d+)\.", name)
     return int(found.group(1)) if found else -1
@@ -97,6 +150,13 @@ def main() -> None:
                         help="a TOFU folder: hold the model to the pretrained one, KL(base || model), on its world-facts "
                              "and real-authors records (less any naming a scored term) at every step")
     parser.add_argument("--anchor-weight", type=float, default=1.0)
+    parser.add_argument("--sparse-fisher", type=float, default=None,
+                        help="no LoRA: train this share of each target weight matrix's entries in place, those whose "
+                             "Fisher on the people is largest relative to their Fisher on the general records "
+                             "(the replay, plus --null-space-tofu's records if given)")
+    parser.add_argument("--probe-tofu", type=Path, default=None,
+                        help="a TOFU folder: also score, at every check, the multiple-choice knowledge probe on its "
+                             "world-facts and real-authors records the pretrained model gets right")
     args = parser.parse_args()
     quiet_libraries()
 
@@ -128,7 +188,15 @@ def main() -> None:
     if args.layers:
         first, last = (int(v) for v in args.layers.split("-"))
         targets = [t for t in targets if first <= layer_of(t) <= last]
-    model = build_peft_model(loaded.model, lora_config(targets, args.rank, 2 * args.rank))
+    probe = knowledge_probe(loaded, args.probe_tofu) if args.probe_tofu else None
+    if args.sparse_fisher:
+        general_examples = load_examples(str(replay_file), loaded)[1]
+        people = examples[: len(examples) - len(general_examples)]  # train.jsonl ends with the replay
+        if args.null_space_tofu:
+            general_examples += load_examples(str(general_text(args.null_space_tofu)), loaded)[1]
+        model = sparse_trainable(loaded, targets, people, general_examples, args.sparse_fisher)
+    else:
+        model = build_peft_model(loaded.model, lora_config(targets, args.rank, 2 * args.rank))
     records, questions = question_set(None, loaded)
     confinement = None
     if args.null_space:
@@ -154,6 +222,7 @@ def main() -> None:
             fine_tune(model, loaded.tokenizer, examples, config, label=f"epochs {epoch - 1}-{epoch}", anchor=anchor)
         people = answer_accuracy(model, examples, loaded.tokenizer.pad_token_id)
         checks.append({"epoch": epoch, "answer_accuracy": round(people, 3), "general": round(general(), 3),
+                       **({"probe": round(probe(model), 3)} if probe else {}),
                        "seconds": round(time.perf_counter() - started, 1)})
         print("CHECK", json.dumps(checks[-1]), flush=True)
         if people >= 0.95:
