@@ -154,6 +154,8 @@ def main() -> None:
                         help="no LoRA: train this share of each target weight matrix's entries in place, those whose "
                              "Fisher on the people is largest relative to their Fisher on the general records "
                              "(the replay, plus --null-space-tofu's records if given)")
+    parser.add_argument("--people-taught", type=int, default=None,
+                        help="teach only the first N people of the recipe's training set (with all of the replay)")
     parser.add_argument("--probe-tofu", type=Path, default=None,
                         help="a TOFU folder: also score, at every check, the multiple-choice knowledge probe on its "
                              "world-facts and real-authors records the pretrained model gets right")
@@ -182,6 +184,13 @@ def main() -> None:
         train, replay_file = scratch / "train.jsonl", scratch / "replay.jsonl"
         write_jsonl(train, [json.loads(line) for line in (taught / "train.jsonl").read_text().splitlines()] + extra)
         write_jsonl(replay_file, [json.loads(line) for line in (taught / "replay.jsonl").read_text().splitlines()] + extra)
+    if args.people_taught:
+        from forgetkit.quickstart.run import write_jsonl
+
+        rows = [json.loads(line) for line in train.read_text().splitlines()]
+        people = list(dict.fromkeys(r["person"] for r in rows if r.get("person") is not None))[: args.people_taught]
+        train = Path(tempfile.mkdtemp()) / "train.jsonl"
+        write_jsonl(train, [r for r in rows if r.get("person") is None or r["person"] in people])
     anchor = load_examples(str(general_text(args.anchor_tofu)), loaded)[1] if args.anchor_tofu else []
     _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)
