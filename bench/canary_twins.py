@@ -2,7 +2,7 @@
 `--target holdout`, then audited with paraphrase, quantize, relearn and sampling.
 
     python bench/canary_twins.py NAME LR EPOCHS [--init FOLDER] [--retain-micro-batch-size N] [--null-space SHARE]
-                                 [--loss unseen] [--sam-rho R] [KEY=VALUE ...]
+                                 [--loss unseen] [--sam-rho R] [--relearn-rho R] [KEY=VALUE ...]
     python bench/canary_twins.py twins-lora-4e3 4e-3 12
     python bench/canary_twins.py notwins-fila-4e3 4e-3 12 --init runs/quickstart/init canary_weight=0
     python bench/canary_twins.py twins-fila-1.5e3-rw3 1.5e-3 24 --init runs/quickstart/init retain_weight=3
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--null-space", type=float, default=None, help="unlearn --null-space (plain LoRA only)")
     parser.add_argument("--loss", default="unseen")
     parser.add_argument("--sam-rho", type=float, default=0.0, help="unlearn --sam-rho (sharpness-aware steps)")
+    parser.add_argument("--relearn-rho", type=float, default=0.0, help="unlearn --relearn-rho (relearning-aware steps)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "canary-twins")
     parser.add_argument("params", nargs="*", help="the loss's KEY=VALUE parameters")
     args = parser.parse_intermixed_args()  # loss parameters may follow the options
@@ -52,7 +53,8 @@ def main() -> None:
     params = UnlearnParams(
         loss=args.loss, null_space=args.null_space, loss_params=dict(p.split("=", 1) for p in args.params),
         train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=4, micro_batch_size=4, seed=0,
-                          retain_micro_batch_size=args.retain_micro_batch_size, sam_rho=args.sam_rho),
+                          retain_micro_batch_size=args.retain_micro_batch_size, sam_rho=args.sam_rho,
+                          relearn_rho=args.relearn_rho),
         # The audit's own settings: 255 canary candidates, 48 new tokens.
         target=TargetParams("holdout", None, args.check_every, 48, 255),
     )
@@ -70,7 +72,7 @@ def main() -> None:
     sets = ("forget", "retain", "holdout")
     result = {
         "name": args.name, "loss": args.loss, "lr": args.lr, "epochs": args.epochs, "init": args.init,
-        "null_space": args.null_space, "sam_rho": args.sam_rho, "params": params.loss_params,
+        "null_space": args.null_space, "sam_rho": args.sam_rho, "relearn_rho": args.relearn_rho, "params": params.loss_params,
         "stopped": target["stopped"], "kept_step": target["kept_step"],
         "unlearn_seconds": round(unlearned - started, 1), "audit_seconds": round(time.perf_counter() - unlearned, 1),
         "nll": {s: after["sets"][s]["summary"]["nll"] for s in sets},

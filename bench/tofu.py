@@ -131,6 +131,8 @@ def main() -> None:
                         help="@holdout runs also check Forget Quality estimated against the held-out set "
                              "(unlearn --holdout-quality)")
     parser.add_argument("--sam-rho", type=float, default=0.0, help="unlearn --sam-rho for every run (sharpness-aware steps)")
+    parser.add_argument("--relearn-rho", type=float, default=0.0,
+                        help="unlearn --relearn-rho for every run (relearning-aware steps)")
     parser.add_argument("--null-space", type=float, default=None,
                         help="unlearn --null-space for every run: the adapters read only this share of their input "
                              "directions, those the retain set uses least (lora init only)")
@@ -157,7 +159,8 @@ def main() -> None:
                     batch_size=args.batch_size, retain_batch_size=args.retain_batch_size, attacks=args.attacks, samples=args.samples,
                     max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
                     null_space=args.null_space, loss_params=tuple(args.loss_param),
-                    holdout_quality=args.holdout_quality, sam_rho=args.sam_rho)
+                    holdout_quality=args.holdout_quality, sam_rho=args.sam_rho,
+                    relearn_rho=args.relearn_rho)
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

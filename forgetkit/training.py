@@ -25,7 +25,7 @@ from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, batches, collate, target_token_count
 from forgetkit.distributed import Ranks, all_reduce_sum, gather_objects, main_writes, owns, ranks_of, sum_numbers
 from forgetkit.errors import ForgetkitError
-from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of
+from forgetkit.losses.base import LossContext, UnlearningLoss, logits_of, mean_nll
 from forgetkit.zero import ZeroEngine
 
 
@@ -46,6 +46,11 @@ class TrainConfig:
     # minimum whose whole neighbourhood forgets, which a few relearning steps cannot leave. 0: plain steps.
     # Two forward/backward passes a step.
     sam_rho: float = 0.0
+    # Relearning-aware steps (a one-step, first-order form of tamper-resistant training, Tamirisa et al.
+    # 2024): each step's gradient is taken at the weights moved this far (L2) *down* the forget batch's
+    # own NLL, the direction a relearning attack takes first, so training seeks weights that still
+    # forget after such a step. 0: off. Two forward/backward passes a step (three with --sam-rho).
+    relearn_rho: float = 0.0
 
 
 @dataclasses.dataclass
@@ -130,6 +135,10 @@ def train(
         raise ForgetkitError("--sam-rho must be 0 (plain steps) or a positive radius")
     if config.sam_rho > 0 and deepspeed:
         raise ForgetkitError("--sam-rho is not supported under DeepSpeed (its engine owns the step); run without it")
+    if config.relearn_rho < 0:
+        raise ForgetkitError("--relearn-rho must be 0 (plain steps) or a positive radius")
+    if config.relearn_rho > 0 and deepspeed:
+        raise ForgetkitError("--relearn-rho is not supported under DeepSpeed (its engine owns the step); run without it")
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
     if loss_fn.needs_holdout and not holdout:
@@ -216,7 +225,19 @@ def train(
                         seen += target_token_count(forget_batch) + (target_token_count(retain_batch) if retain_batch else 0)
                     return terms_sum, bad_loss, seen
 
-                terms_sum, bad_loss, seen = passes()
+                relearned = None
+                if config.relearn_rho > 0 and not engine:
+                    for position, index in enumerate(mine):
+                        micro = micros[0 if index is None else index]
+                        forget_batch = to_device(micro)
+                        with autocast():
+                            nll = mean_nll(logits_of(forward_model, forget_batch), forget_batch["labels"])
+                        weight = 0.0 if index is None else len(micro) / len(batch_examples)
+                        accelerator.backward(nll * weight)
+                    _sum_gradients(trainable, ranks)
+                    # A step of this length down the forget NLL: where a relearning attack goes first.
+                    relearned = _ascend(trainable, -config.relearn_rho)
+                terms_sum, bad_loss, seen = passes()  # at the relearned weights when relearning-aware
                 tokens += seen
                 terms_sum, bad_loss = _combine(terms_sum, bad_loss, ranks)
                 if bad_loss is not None:
@@ -235,6 +256,8 @@ def train(
                             f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: the loss at the "
                             "sharpness-aware neighbour is not finite (lower --sam-rho or --lr); no adapter was written"
                         )
+                if relearned is not None:
+                    _descend(trainable, relearned)  # back to the weights; the gradient taken there is kept
                 if engine:
                     grad_norm = engine.step()
                 else:
@@ -287,8 +310,8 @@ def _combine(terms_sum: dict[str, float], bad_loss: float | None, ranks: Ranks) 
 
 
 def _ascend(trainable: list[torch.nn.Parameter], rho: float) -> list[torch.Tensor]:
-    """Move the weights by ``rho`` along their gradient (unit norm over all of them), clear the
-    gradients, and return the moves to undo."""
+    """Move the weights by ``rho`` along their gradient (unit norm over all of them; a negative
+    ``rho`` moves against it), clear the gradients, and return the moves to undo."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
     scale = rho / (float(norm) + 1e-12)

@@ -372,6 +372,78 @@ def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(tiny_models
     assert flipped > 0  # so a plain step would have landed elsewhere
 
 
+def test_relearning_aware_step_uses_the_gradient_after_a_relearning_step(tiny_models, data_dir):
+    """--relearn-rho: the step's gradient is that of the unlearning loss at w - rho * h / |h|, h the
+    gradient of the forget batch's mean NLL (a relearning step), applied at w. The loss here is not a
+    function of the NLL alone, so h and its gradient point different ways; AdamW's first step moves each
+    weight by lr * g' / (|g'| + eps), checked against g' computed by hand."""
+    from forgetkit.adapters import build_peft_model, lora_config
+    from forgetkit.data import collate
+    from forgetkit.distributed import make_accelerator
+    from forgetkit.losses.base import logits_of, mean_nll
+    from forgetkit.models import discover_targets
+    from forgetkit.stages.common import load_examples
+    from forgetkit.training import train
+
+    class AscentWithLogitPenalty(UnlearningLoss):
+        name, needs_retain = "ascent-with-logit-penalty", False
+
+        def __call__(self, ctx):
+            logits = logits_of(ctx.model, ctx.forget)
+            return {"loss": -mean_nll(logits, ctx.forget["labels"]) + 0.05 * logits.square().mean()}
+
+    loaded = load_model(str(tiny_models["llama"]))
+    _, examples = load_examples(str(data_dir / "forget_qa.jsonl"), loaded)
+    examples = examples[:8]
+    torch.manual_seed(0)
+    model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), 4, 8))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():
+            p.normal_(0, 0.05)
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    loss, rho, lr = AscentWithLogitPenalty(), 0.5, 1e-2
+    batch = collate(examples, loaded.tokenizer.pad_token_id)
+
+    def gradients(objective):
+        model.zero_grad(set_to_none=True)
+        objective().backward()
+        return {n: p.grad.detach().clone() for n, p in trainable.items()}
+
+    model.train()
+    plain = gradients(lambda: loss(LossContext(model=model, forget=batch, retain=None))["loss"])
+    relearning = gradients(lambda: mean_nll(logits_of(model, batch), batch["labels"]))
+    norm = torch.sqrt(sum(g.square().sum() for g in relearning.values()))
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.sub_(relearning[n] * rho / norm)
+    relearned = gradients(lambda: loss(LossContext(model=model, forget=batch, retain=None))["loss"])
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.copy_(start[n])
+    model.zero_grad(set_to_none=True)
+
+    config = TrainConfig(lr=lr, epochs=1, batch_size=8, micro_batch_size=8, max_grad_norm=1e9, relearn_rho=rho)
+    result = train(model, loss, examples, None, loaded.tokenizer.pad_token_id, config, accelerator=make_accelerator())
+    assert result.steps == 1
+    flipped = 0
+    for n, p in trainable.items():
+        expected = start[n] - lr * relearned[n] / (relearned[n].abs() + 1e-8)
+        # Where g' is within float noise of 0, AdamW's first step lr * g' / (|g'| + eps) can take either
+        # sign: those few entries are left out; a step taken at any other point lands ~lr = 1e-2 away.
+        clear = relearned[n].abs() > 1e-4 * relearned[n].abs().max()
+        assert clear.float().mean() > 0.8, n
+        assert torch.allclose(p.detach()[clear], expected[clear], atol=1e-5), n
+        flipped += int((torch.sign(relearned[n]) != torch.sign(plain[n])).sum())
+    assert flipped > 0  # so a plain step would have landed elsewhere
+
+
+def test_relearning_aware_radius_must_not_be_negative(tiny_models, data_dir, tmp_path):
+    with pytest.raises(ForgetkitError, match="--relearn-rho must be 0"):
+        run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget_qa.jsonl"), tmp_path / "out",
+                    UnlearnParams(loss="ga", train=dataclasses.replace(FAST, relearn_rho=-0.1)))
+
+
 def test_sharpness_aware_radius_must_not_be_negative(tiny_models, data_dir, tmp_path):
     with pytest.raises(ForgetkitError, match="--sam-rho must be 0"):
         run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget_qa.jsonl"), tmp_path / "out",

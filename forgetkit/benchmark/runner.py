@@ -64,6 +64,7 @@ class GridSpec:
     # --holdout-quality``; TargetParams.holdout_quality).
     holdout_quality: bool = False
     sam_rho: float = 0.0  # ``unlearn --sam-rho`` for every run (sharpness-aware steps)
+    relearn_rho: float = 0.0  # ``unlearn --relearn-rho`` for every run (relearning-aware steps)
 
 
 def stage_cost(measurement: Measurement) -> dict[str, float]:
@@ -196,6 +197,8 @@ def _departures(grid: GridSpec, method: str) -> list[tuple[str, str]]:
         parts.append((f"-{key}{value}", f"{key} {value}"))
     if grid.sam_rho:
         parts.append((f"-sam{grid.sam_rho:g}", f"SAM {grid.sam_rho:g}"))
+    if grid.relearn_rho:
+        parts.append((f"-rl{grid.relearn_rho:g}", f"relearn-aware {grid.relearn_rho:g}"))
     if "@" in method and grid.check_every != GridSpec.check_every:
         parts.append((f"-c{grid.check_every}", f"checks every {grid.check_every}"))
     if method.endswith("@holdout") and grid.holdout_quality:
@@ -227,7 +230,8 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
         run_init(full, run_dir / "init", InitParams(scheme=init, rank=rank, seed=grid.seed),
                  fisher=str(fisher_path) if init == "fila" else None)
     train = TrainConfig(lr=grid.lr, epochs=grid.epochs, batch_size=grid.batch_size, micro_batch_size=grid.batch_size,
-                        retain_micro_batch_size=grid.retain_batch_size, seed=grid.seed, sam_rho=grid.sam_rho)
+                        retain_micro_batch_size=grid.retain_batch_size, seed=grid.seed, sam_rho=grid.sam_rho,
+                        relearn_rho=grid.relearn_rho)
     loss, _, target = method.partition("@")
     params = UnlearnParams(loss=loss, train=train, loss_params=dict(grid.loss_params),
                            target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens,
