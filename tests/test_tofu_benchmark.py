@@ -127,8 +127,10 @@ def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_a
     assert run_label("ihl@holdout", grid) == "ihl@holdout lr 0.003 15 epochs null 0.8"
     names = {run_name("ihl", "lora", 8, dataclasses.replace(default, **change))
              for change in ({}, {"lr": 5e-3}, {"epochs": 10}, {"null_space": 0.5}, {"null_space": 0.8},
-                            {"loss_params": (("retain_weight", "3"),)}, {"retain_batch_size": 32}, {"sam_rho": 0.2})}
-    assert len(names) == 8 and run_label("ihl", dataclasses.replace(default, sam_rho=0.2)) == "ihl SAM 0.2"
+                            {"loss_params": (("retain_weight", "3"),)}, {"retain_batch_size": 32}, {"sam_rho": 0.2},
+                            {"relearn_rho": 0.2})}
+    assert len(names) == 9 and run_label("ihl", dataclasses.replace(default, sam_rho=0.2)) == "ihl SAM 0.2"
+    assert run_label("ihl", dataclasses.replace(default, relearn_rho=0.5)) == "ihl relearn-aware 0.5"
     weighted = dataclasses.replace(default, loss_params=(("retain_weight", "3"),))
     assert run_label("ihl", weighted) == "ihl retain_weight 3"
     # The check interval names runs stopped at a target apart, and only those.
