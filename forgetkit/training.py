@@ -49,7 +49,8 @@ class TrainConfig:
     # Relearning-aware steps (a one-step, first-order form of tamper-resistant training, Tamirisa et al.
     # 2024): each step's gradient is taken at the weights moved this far (L2) *down* the forget batch's
     # own NLL, the direction a relearning attack takes first, so training seeks weights that still
-    # forget after such a step. 0: off. Two forward/backward passes a step (three with --sam-rho).
+    # forget after such a step; the loss logged is the one measured there. 0: off. Two forward/backward
+    # passes a step (three with --sam-rho).
     relearn_rho: float = 0.0
 
 
@@ -227,7 +228,7 @@ def train(
 
                 relearned = None
                 if config.relearn_rho > 0 and not engine:
-                    for position, index in enumerate(mine):
+                    for index in mine:
                         micro = micros[0 if index is None else index]
                         forget_batch = to_device(micro)
                         with autocast():
