@@ -87,6 +87,22 @@ class RetainStream:
         return self.pending.pop(0)
 
 
+def check_config(config: TrainConfig, deepspeed: bool = False) -> None:
+    """Refuse settings training cannot run with; the unlearn stage calls this before it writes anything."""
+    if config.micro_batch_size < 1 or config.batch_size < 1:
+        raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
+    if config.retain_micro_batch_size is not None and config.retain_micro_batch_size < 1:
+        raise ForgetkitError("--retain-micro-batch-size must be at least 1")
+    if config.sam_rho < 0:
+        raise ForgetkitError("--sam-rho must be 0 (plain steps) or a positive radius")
+    if config.sam_rho > 0 and deepspeed:
+        raise ForgetkitError("--sam-rho is not supported under DeepSpeed (its engine owns the step); run without it")
+    if config.relearn_rho < 0:
+        raise ForgetkitError("--relearn-rho must be 0 (plain steps) or a positive radius")
+    if config.relearn_rho > 0 and deepspeed:
+        raise ForgetkitError("--relearn-rho is not supported under DeepSpeed (its engine owns the step); run without it")
+
+
 def train(
     model: PeftModel,
     loss_fn: UnlearningLoss,
@@ -128,18 +144,7 @@ def train(
     forget records with never-seen ones (``needs_holdout``): a held-out micro-batch beside each
     forget micro-batch, drawn like the retain ones.
     """
-    if config.micro_batch_size < 1 or config.batch_size < 1:
-        raise ForgetkitError("--batch-size and --micro-batch-size must be at least 1")
-    if config.retain_micro_batch_size is not None and config.retain_micro_batch_size < 1:
-        raise ForgetkitError("--retain-micro-batch-size must be at least 1")
-    if config.sam_rho < 0:
-        raise ForgetkitError("--sam-rho must be 0 (plain steps) or a positive radius")
-    if config.sam_rho > 0 and deepspeed:
-        raise ForgetkitError("--sam-rho is not supported under DeepSpeed (its engine owns the step); run without it")
-    if config.relearn_rho < 0:
-        raise ForgetkitError("--relearn-rho must be 0 (plain steps) or a positive radius")
-    if config.relearn_rho > 0 and deepspeed:
-        raise ForgetkitError("--relearn-rho is not supported under DeepSpeed (its engine owns the step); run without it")
+    check_config(config, deepspeed)
     if loss_fn.needs_retain and not retain:
         raise ForgetkitError(f"loss '{loss_fn.name}' needs a retain set (--retain)")
     if loss_fn.needs_holdout and not holdout:

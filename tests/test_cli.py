@@ -67,8 +67,10 @@ def test_bad_inputs_give_one_line_errors(tiny_models, data_dir, tmp_path):
                    r"--loss-param 'beta': expected KEY=VALUE")
     one_line_error(forgetkit_here("unlearn", llama, data_dir / "forget.jsonl", "--loss", "npo", "--loss-param", "beta=high",
                              check=False), r"parameter 'beta' expects float")
-    one_line_error(forgetkit_here("unlearn", llama, data_dir / "forget.jsonl", "--loss", "ga", "--relearn-rho", "-1",
-                                  check=False), r"--relearn-rho must be 0")
+    for option in ("--relearn-rho", "--sam-rho"):
+        one_line_error(forgetkit_here("unlearn", llama, data_dir / "forget.jsonl", "--loss", "ga", option, "-1",
+                                      "-o", tmp_path / "refused", check=False), f"{option} must be 0")
+        assert not list(tmp_path.glob("refused*"))  # refused before anything is written
     one_line_error(forgetkit_here("audit", tmp_path / "nomodel", "--forget", data_dir / "forget.jsonl", check=False),
                    r"nomodel: not a local folder and could not be fetched")
 

@@ -24,7 +24,7 @@ from forgetkit.plugins import load_loss
 from forgetkit.stages.common import load_examples, table
 from forgetkit.stopping import TargetMonitor, TargetParams
 from forgetkit.wording import reworded, used_templates
-from forgetkit.training import TrainConfig, train
+from forgetkit.training import TrainConfig, check_config, train
 from forgetkit.zero import deepspeed_requested, gathered
 
 TRAINING_LOG = "training_log.json"
@@ -85,6 +85,7 @@ def run_unlearn(
     # FSDP splits the base here; DeepSpeed's engine partitions it (ZeRO-3) when training starts.
     in_deepspeed = deepspeed_requested()
     sharded = sharded_base_requested() and ranks.world > 1 and not in_deepspeed
+    check_config(params.train, deepspeed=in_deepspeed)  # before the checkpoint folder is made
     if params.null_space is not None and retain is None:
         raise ForgetkitError("--null-space needs a retain set (--retain): it keeps the adapter off the directions retain uses")
     if params.null_space is not None and not 0.0 < params.null_space < 1.0:
