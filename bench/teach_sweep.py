@@ -5,6 +5,8 @@
     python bench/teach_sweep.py down-only --targets down_proj --lr 3e-3
     python bench/teach_sweep.py mlp-free50-general --more-replay --null-space 0.5 --null-space-tofu ../shared/data/tofu
     python bench/teach_sweep.py mlp-anchor-general --anchor-tofu ../shared/data/tofu --anchor-weight 1
+    python bench/teach_sweep.py sparse-fisher-2pct-lr5e-4 --sparse-fisher 0.02 --lr 5e-4 --null-space-tofu ../shared/data/tofu --probe-tofu ../shared/data/tofu
+    python bench/teach_sweep.py mlp-4-people --people-taught 4 --probe-tofu ../shared/data/tofu
 
 Teaches the real quickstart's training set (the people and the replayed general answers, as recipe v4
 does) with LoRA on the chosen modules of the chosen layers, constant lr after 4 warm-up steps, and
@@ -157,8 +159,8 @@ def main() -> None:
     parser.add_argument("--people-taught", type=int, default=None,
                         help="teach only the first N people of the recipe's training set (with all of the replay)")
     parser.add_argument("--probe-tofu", type=Path, default=None,
-                        help="a TOFU folder: also score, at every check, the multiple-choice knowledge probe on its "
-                             "world-facts and real-authors records the pretrained model gets right")
+                        help="a TOFU folder: also score, at every check, the cloze knowledge probe (true answer against "
+                             "the perturbed ones) on its world-facts and real-authors records the pretrained model gets right")
     args = parser.parse_args()
     quiet_libraries()
 
@@ -188,9 +190,9 @@ def main() -> None:
         from forgetkit.quickstart.run import write_jsonl
 
         rows = [json.loads(line) for line in train.read_text().splitlines()]
-        people = list(dict.fromkeys(r["person"] for r in rows if r.get("person") is not None))[: args.people_taught]
+        taught_people = list(dict.fromkeys(r["person"] for r in rows if r.get("person") is not None))[: args.people_taught]
         train = Path(tempfile.mkdtemp()) / "train.jsonl"
-        write_jsonl(train, [r for r in rows if r.get("person") is None or r["person"] in people])
+        write_jsonl(train, [r for r in rows if r.get("person") is None or r["person"] in taught_people])
     anchor = load_examples(str(general_text(args.anchor_tofu)), loaded)[1] if args.anchor_tofu else []
     _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)
@@ -200,10 +202,10 @@ def main() -> None:
     probe = knowledge_probe(loaded, args.probe_tofu) if args.probe_tofu else None
     if args.sparse_fisher:
         general_examples = load_examples(str(replay_file), loaded)[1]
-        people = examples[: len(examples) - len(general_examples)]  # train.jsonl ends with the replay
+        people_examples = examples[: len(examples) - len(general_examples)]  # train.jsonl ends with the replay
         if args.null_space_tofu:
             general_examples += load_examples(str(general_text(args.null_space_tofu)), loaded)[1]
-        model = sparse_trainable(loaded, targets, people, general_examples, args.sparse_fisher)
+        model = sparse_trainable(loaded, targets, people_examples, general_examples, args.sparse_fisher)
     else:
         model = build_peft_model(loaded.model, lora_config(targets, args.rank, 2 * args.rank))
     records, questions = question_set(None, loaded)
