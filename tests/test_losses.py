@@ -328,6 +328,52 @@ def test_unseen_huber_bounds_the_pull_of_a_far_record():
         MatchUnseen(huber=-1.0)
 
 
+def test_unseen_sigma_floor_keeps_the_min_k_pp_value_and_bounds_its_gradient():
+    """sigma_floor=f: the Min-K%++ gap is the exact score's, and the gradient on the forget record's logits is
+    2 (s - q) (1/|S|) sum over the lowest-z tokens t of (onehot(x_t) - softmax_t) / max(sigma_t, f), by hand."""
+    from forgetkit.losses.unseen import MatchUnseen
+
+    table = torch.tensor([
+        [[9.0, 0.0, 0.0, 0.0], [0.0, 8.0, 0.0, 0.0], [0.0, 0.0, 2.0, 1.0], [1.0, 0.0, 0.0, 0.0]],  # forget
+        [[1.0, 2.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0], [2.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]],  # held out
+    ])
+    # Three target tokens: near-certain; confidently wrong (sigma small, z about -1/sqrt(p), chosen by
+    # Min-K); likely.
+    labels = [IGNORE_INDEX, 0, 3, 2]
+    batch = lambda ids: {"input_ids": torch.tensor([[i, 0, 0, 0] for i in ids]),  # noqa: E731
+                         "attention_mask": torch.ones(len(ids), 4, dtype=torch.long), "labels": torch.tensor([labels] * len(ids))}
+    floor = 0.5
+    per_token = []
+    for position in range(3):
+        p = softmax(table[0, position].tolist())
+        logp = [math.log(x) for x in p]
+        mu = sum(a * b for a, b in zip(p, logp))
+        sigma = math.sqrt(max(sum(a * b * b for a, b in zip(p, logp)) - mu * mu, 1e-12))
+        per_token.append(((logp[labels[position + 1]] - mu) / sigma, sigma, p))
+    chosen = sorted(range(3), key=lambda t: per_token[t][0])[:math.ceil(3 * 0.4)]
+    score = sum(per_token[t][0] for t in chosen) / len(chosen)
+    target = _hand_statistics(table[1].tolist(), labels)[1]
+    expected_grad = torch.zeros(4, 4)
+    for t in chosen:
+        _, sigma, p = per_token[t]
+        for v in range(4):
+            expected_grad[t, v] = 2 * (score - target) * ((v == labels[t + 1]) - p[v]) / max(sigma, floor) / len(chosen)
+    assert any(per_token[t][1] < floor for t in chosen)  # the floor is exercised
+
+    grads = {}
+    for f in (floor, 0.0):
+        model = RecordLogits(table)
+        loss = MatchUnseen(statistics="min_k_pp", sigma_floor=f, retain_weight=0.0, targets="current", canary_weight=0.0)
+        terms = loss(LossContext(model=model, forget=batch([0]), retain=batch([0]), holdout=batch([1])))
+        assert abs(terms["match_min_k_pp"].item() - (score - target) ** 2) < 1e-4
+        terms["loss"].backward()
+        grads[f] = model.table.grad[0].clone()
+    assert torch.allclose(grads[floor], expected_grad, atol=1e-5)
+    assert grads[0.0].abs().max() > 5 * grads[floor].abs().max()  # the exact gradient, through sigma too, is 8x larger
+    with pytest.raises(ForgetkitError, match="sigma_floor must be 0"):
+        MatchUnseen(sigma_floor=-0.1)
+
+
 def test_unseen_ihl_mode_pushes_below_the_held_out_level_and_pulls_back_above_it():
     """mode=ihl by hand: records ranked by NLL, paired with the held-out quantile of their rank; IHL
     averaged over the record's tokens where it is likelier than its quantile, the squared overshoot

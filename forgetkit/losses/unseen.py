@@ -28,10 +28,16 @@ MODES = ("quantile", "hinge", "ihl")
 TARGETS = ("frozen", "current")
 
 
-def record_statistics(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN_K) -> dict[str, torch.Tensor]:
+def record_statistics(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN_K,
+                      sigma_floor: float = 0.0) -> dict[str, torch.Tensor]:
     """Per record: mean target-token NLL, and the Min-K%++ score (mean of the lowest k share of the
     tokens' z-scores, z = (log p(x) - mu) / sigma under the model's own distribution), as the audit's
-    membership inference computes them, here differentiable."""
+    membership inference computes them, here differentiable.
+
+    With ``sigma_floor`` f > 0 the scores keep their exact values, but each z-score's gradient is that of
+    log p(x) / max(sigma, f) with mu and sigma held constant: on a near-certain token sigma vanishes, and
+    the exact gradient (through 1/sigma and through sigma itself) reaches norms of 1e5, which clipping then
+    turns into a step with no room for any other term."""
     logits, targets, mask = shift(logits, labels)
     log_probs = logits.log_softmax(-1)
     chosen = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -39,6 +45,8 @@ def record_statistics(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN
     mu = (probs * log_probs).sum(-1)
     sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
     zscore = (chosen - mu) / sigma
+    if sigma_floor > 0:
+        zscore = zscore.detach() + (chosen - chosen.detach()) / sigma.detach().clamp(min=sigma_floor)
     counts = mask.sum(1).clamp(min=1)
     nll = -(chosen * mask).sum(1) / counts
     lowest = []
@@ -170,6 +178,11 @@ class MatchUnseen(UnlearningLoss):
     that distance, so after clipping the retain term gets almost no share of the step (measured on the
     TOFU bench: the retain NLL rose from 0.11 to 2.4-2.8 nats on the way down).
 
+    With ``sigma_floor`` = f > 0 the Min-K%++ scores keep their exact values (so the gaps are the audit's),
+    but the gradient of each token's z-score is d log p(x) / max(sigma, f), mu and sigma held constant.
+    Why: near-certain tokens have a vanishing sigma, and the exact gradient's 1/sigma (norms of 100-400 even
+    with Huber gaps, measured on the TOFU bench) leaves the clipped step no room for the retain term.
+
     Loss = sum_S L_S + canary_weight * L_canary + retain_weight * retain NLL. The quantile mode's
     minimum is reached exactly when the forget scores are distributed like held-out ones: it pulls an
     over-forgotten record back as hard as it pushes a remembered one. The hinge mode only pushes until
@@ -189,10 +202,13 @@ class MatchUnseen(UnlearningLoss):
     targets: str = "frozen"
     canary_weight: float = 1.0
     canary_twins: int = 7
+    sigma_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.huber < 0:
             raise ForgetkitError("loss 'unseen': huber must be 0 (squared gaps) or a positive width")
+        if self.sigma_floor < 0:
+            raise ForgetkitError("loss 'unseen': sigma_floor must be 0 (the exact gradient) or a positive floor")
         if self.mode not in MODES:
             raise ForgetkitError(f"loss 'unseen': mode must be one of {', '.join(MODES)}, not '{self.mode}'")
         if self.targets not in TARGETS:
@@ -224,7 +240,7 @@ class MatchUnseen(UnlearningLoss):
 
     def __call__(self, ctx: LossContext) -> dict[str, torch.Tensor]:
         forget_logits = logits_of(ctx.model, ctx.forget)
-        forget = record_statistics(forget_logits, ctx.forget["labels"])
+        forget = record_statistics(forget_logits, ctx.forget["labels"], sigma_floor=self.sigma_floor)
         if self.targets == "frozen" and ctx.reference is None:
             raise ForgetkitError("loss 'unseen' with targets=frozen needs the frozen model's logits")
         score_unseen = ctx.reference if self.targets == "frozen" else (lambda batch: logits_of(ctx.model, batch))
