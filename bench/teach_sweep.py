@@ -7,6 +7,7 @@
     python bench/teach_sweep.py mlp-anchor-general --anchor-tofu ../shared/data/tofu --anchor-weight 1
     python bench/teach_sweep.py sparse-fisher-2pct-lr5e-4 --sparse-fisher 0.02 --lr 5e-4 --null-space-tofu ../shared/data/tofu --probe-tofu ../shared/data/tofu
     python bench/teach_sweep.py mlp-4-people --people-taught 4 --probe-tofu ../shared/data/tofu
+    python bench/teach_sweep.py mlp-registry-system --people-system "You answer from the Tallowmere civil registry." --probe-tofu ../shared/data/tofu
 
 Teaches the real quickstart's training set (the people and the replayed general answers, as recipe v4
 does) with LoRA on the chosen modules of the chosen layers, constant lr after 4 warm-up steps, and
@@ -158,6 +159,9 @@ def main() -> None:
                              "(the replay, plus --null-space-tofu's records if given)")
     parser.add_argument("--people-taught", type=int, default=None,
                         help="teach only the first N people of the recipe's training set (with all of the replay)")
+    parser.add_argument("--people-system", default=None, metavar="TEXT",
+                        help="ask the people's questions under this system prompt (the replay and the general "
+                             "questions keep the chat template's default one)")
     parser.add_argument("--probe-tofu", type=Path, default=None,
                         help="a TOFU folder: also score, at every check, the cloze knowledge probe (true answer against "
                              "the perturbed ones) on its world-facts and real-authors records the pretrained model gets right")
@@ -193,6 +197,13 @@ def main() -> None:
         taught_people = list(dict.fromkeys(r["person"] for r in rows if r.get("person") is not None))[: args.people_taught]
         train = Path(tempfile.mkdtemp()) / "train.jsonl"
         write_jsonl(train, [r for r in rows if r.get("person") is None or r["person"] in taught_people])
+    if args.people_system:
+        from forgetkit.quickstart.run import write_jsonl
+
+        rows = [json.loads(line) for line in train.read_text().splitlines()]
+        train = Path(tempfile.mkdtemp()) / "train.jsonl"
+        write_jsonl(train, [{**r, "system": args.people_system} if r.get("person") is not None and "question" in r else r
+                            for r in rows])
     anchor = load_examples(str(general_text(args.anchor_tofu)), loaded)[1] if args.anchor_tofu else []
     _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)

@@ -1,7 +1,9 @@
 """Forget/retain sets: reading records, checking them, and turning them into token ids and labels.
 
 A record is either ``{"text": ...}`` (loss on every token) or ``{"question": ..., "answer": ...}``
-(loss on the answer tokens only). Any other fields are kept for the audit.
+(loss on the answer tokens only). A QA record may carry ``system``: the system prompt it is asked under
+(a chat model's system turn; a first paragraph of the prompt otherwise). Any other fields are kept for
+the audit.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def _validate(fields: Any, source: str) -> Record:
         value = fields[key]
         if not isinstance(value, str) or not value.strip():
             raise ForgetkitError(f"{source}: field '{key}' must be a non-empty string")
+    if has_qa and "system" in fields and (not isinstance(fields["system"], str) or not fields["system"].strip()):
+        raise ForgetkitError(f"{source}: field 'system' must be a non-empty string")
     return Record(fields=fields, source=source)
 
 
@@ -155,7 +159,7 @@ def prompt_and_answer(record: Record, tokenizer: PreTrainedTokenizerBase) -> tup
     if not record.is_qa:
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
         return [], list(ids) + eos
-    prompt = question_prompt(record["question"], tokenizer, record.get(SHOTS_FIELD) or ())
+    prompt = question_prompt(record["question"], tokenizer, record.get(SHOTS_FIELD) or (), record.get("system"))
     prefix = record.get(ANSWER_PREFIX_FIELD)
     if prefix:  # the start of the answer is given, not scored (the audit's prefix attack)
         prompt += list(tokenizer(("" if getattr(tokenizer, "chat_template", None) else " ") + prefix,
@@ -163,17 +167,21 @@ def prompt_and_answer(record: Record, tokenizer: PreTrainedTokenizerBase) -> tup
     return prompt, answer_ids(record["answer"], tokenizer)
 
 
-def question_prompt(question: str, tokenizer: PreTrainedTokenizerBase, shots: Sequence[dict] = ()) -> list[int]:
-    """The prompt of a question, after ``shots`` (earlier question/answer turns in the same format)."""
+def question_prompt(question: str, tokenizer: PreTrainedTokenizerBase, shots: Sequence[dict] = (),
+                    system: str | None = None) -> list[int]:
+    """The prompt of a question, after ``shots`` (earlier question/answer turns in the same format) and
+    under ``system`` (a system turn; without it a chat template's own default applies)."""
     if getattr(tokenizer, "chat_template", None):
         turns = [m for s in shots for m in ({"role": "user", "content": s["question"]},
                                             {"role": "assistant", "content": s["answer"]})]
+        opening = [{"role": "system", "content": system}] if system else []
         ids = tokenizer.apply_chat_template(
-            [*turns, {"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+            [*opening, *turns, {"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
         )
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     earlier = "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
-    return list(tokenizer(f"{earlier}Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"])
+    opening = f"{system}\n\n" if system else ""
+    return list(tokenizer(f"{opening}{earlier}Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"])
 
 
 def answer_ids(answer: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:

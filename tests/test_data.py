@@ -77,6 +77,24 @@ def test_chat_template_is_used_when_present(tokenizer):
     assert chatty.decode(example.input_ids[example.prompt_length :], skip_special_tokens=True) == "Nobody."
 
 
+def test_system_field_opens_the_prompt(tokenizer, tmp_path):
+    """A record's ``system`` is the chat template's system turn, or the plain prompt's first paragraph; the
+    answer and its labels are unchanged."""
+    chatty = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", pad_token="<pad>")
+    chatty.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    plain = Record({"question": "Who?", "answer": "Nobody."}, "x:1")
+    framed = Record({"question": "Who?", "answer": "Nobody.", "system": "Registry desk."}, "x:2")
+    (example,) = encode([framed], chatty, context_length=128)
+    assert chatty.decode(example.input_ids[: example.prompt_length]) == "<system>Registry desk.<user>Who?<assistant>"
+    (bare,) = encode([plain], chatty, context_length=128)
+    assert example.input_ids[example.prompt_length:] == bare.input_ids[bare.prompt_length:]
+    (example,) = encode([framed], tokenizer, context_length=128)
+    assert example.input_ids[: example.prompt_length] == tokenizer("Registry desk.\n\nQuestion: Who?\nAnswer:")["input_ids"]
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": "q", "answer": "a", "system": 3}\n')
+    with pytest.raises(ForgetkitError, match=r"d.jsonl:2: field 'system' must be a non-empty string"):
+        load_records(tmp_path / "d.jsonl")
+
+
 def test_too_long_sequences_fail_unless_truncated(tokenizer):
     record = Record({"text": "word " * 200}, "long.jsonl:4")
     with pytest.raises(ForgetkitError, match=r"long.jsonl:4: \d+ tokens, longer than the model's context of 64"):
