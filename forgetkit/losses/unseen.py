@@ -35,9 +35,10 @@ def record_statistics(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN
     membership inference computes them, here differentiable.
 
     With ``sigma_floor`` f > 0 the scores keep their exact values, but each z-score's gradient is that of
-    log p(x) / max(sigma, f) with mu and sigma held constant: on a near-certain token sigma vanishes, and
-    the exact gradient (through 1/sigma and through sigma itself) reaches norms of 1e5, which clipping then
-    turns into a step with no room for any other term."""
+    log p(x) / max(sigma, f) with mu and sigma held constant. Where the model is near-certain of another
+    token, sigma vanishes (z about -1/sqrt(p(x))): these are the tokens Min-K%++ averages, and their exact
+    gradient (through 1/sigma and through sigma itself) reached norms of 1e5 with squared gaps, which
+    clipping turns into a step with no room for any other term."""
     logits, targets, mask = shift(logits, labels)
     log_probs = logits.log_softmax(-1)
     chosen = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -180,7 +181,7 @@ class MatchUnseen(UnlearningLoss):
 
     With ``sigma_floor`` = f > 0 the Min-K%++ scores keep their exact values (so the gaps are the audit's),
     but the gradient of each token's z-score is d log p(x) / max(sigma, f), mu and sigma held constant.
-    Why: near-certain tokens have a vanishing sigma, and the exact gradient's 1/sigma (norms of 100-400 even
+    Why: a confidently wrong token has a vanishing sigma, and the exact gradient's 1/sigma (norms of 100-400 even
     with Huber gaps, measured on the TOFU bench) leaves the clipped step no room for the retain term.
 
     Loss = sum_S L_S + canary_weight * L_canary + retain_weight * retain NLL. The quantile mode's
