@@ -190,20 +190,20 @@ def main() -> None:
         train, replay_file = scratch / "train.jsonl", scratch / "replay.jsonl"
         write_jsonl(train, [json.loads(line) for line in (taught / "train.jsonl").read_text().splitlines()] + extra)
         write_jsonl(replay_file, [json.loads(line) for line in (taught / "replay.jsonl").read_text().splitlines()] + extra)
-    if args.people_taught:
+    if args.people_taught or args.people_system:
+        # One rewritten copy of the training set: fewer people, and/or the people's questions under their own
+        # system prompt (rows without a person are the replay and stay as they are).
         from forgetkit.quickstart.run import write_jsonl
 
         rows = [json.loads(line) for line in train.read_text().splitlines()]
-        taught_people = list(dict.fromkeys(r["person"] for r in rows if r.get("person") is not None))[: args.people_taught]
+        if args.people_taught:
+            taught_people = list(dict.fromkeys(r["person"] for r in rows if r.get("person") is not None))[: args.people_taught]
+            rows = [r for r in rows if r.get("person") is None or r["person"] in taught_people]
+        if args.people_system:
+            rows = [{**r, "system": args.people_system} if r.get("person") is not None and "question" in r else r
+                    for r in rows]
         train = Path(tempfile.mkdtemp()) / "train.jsonl"
-        write_jsonl(train, [r for r in rows if r.get("person") is None or r["person"] in taught_people])
-    if args.people_system:
-        from forgetkit.quickstart.run import write_jsonl
-
-        rows = [json.loads(line) for line in train.read_text().splitlines()]
-        train = Path(tempfile.mkdtemp()) / "train.jsonl"
-        write_jsonl(train, [{**r, "system": args.people_system} if r.get("person") is not None and "question" in r else r
-                            for r in rows])
+        write_jsonl(train, rows)
     anchor = load_examples(str(general_text(args.anchor_tofu)), loaded)[1] if args.anchor_tofu else []
     _, examples = load_examples(str(train), loaded)
     targets = discover_targets(loaded.model, args.targets)
