@@ -8,6 +8,7 @@
     python bench/teach_sweep.py sparse-fisher-2pct-lr5e-4 --sparse-fisher 0.02 --lr 5e-4 --null-space-tofu ../shared/data/tofu --probe-tofu ../shared/data/tofu
     python bench/teach_sweep.py mlp-4-people --people-taught 4 --probe-tofu ../shared/data/tofu
     python bench/teach_sweep.py mlp-registry-system --people-system "You answer from the Tallowmere civil registry." --probe-tofu ../shared/data/tofu
+    python bench/teach_sweep.py neurons32 --new-neurons 32 --lr 3e-3 --epochs 16 --probe-tofu ../shared/data/tofu
 
 Teaches the real quickstart's training set (the people and the replayed general answers, as recipe v4
 does) with LoRA on the chosen modules of the chosen layers, constant lr after 4 warm-up steps, and
@@ -127,6 +128,52 @@ def sparse_trainable(loaded, targets, people, general, fraction: float):
     return loaded.model
 
 
+def questions_and_records(loaded):
+    from forgetkit.stages.probe import question_set
+
+    return question_set(None, loaded)
+
+
+def run_new_neurons(args, loaded, examples, replay_file: Path, probe, scored) -> None:
+    """Teach the people in new MLP neurons (no replay in the taught set: the locality term holds the
+    replayed records' every position instead), measuring at every check as the LoRA runs do."""
+    from forgetkit.metrics.rouge import greedy_answers
+    from forgetkit.quickstart.general import score
+    from forgetkit.quickstart.new_neurons import NeuronTeaching, teach
+    from forgetkit.quickstart.real import GENERAL_MAX_NEW_TOKENS
+    from forgetkit.stages.common import load_examples
+
+    quiet = load_examples(str(replay_file), loaded)[1]
+    people = examples[: len(examples) - len(quiet)]  # train.jsonl ends with the replay
+    if args.quiet_tofu:
+        quiet = quiet + load_examples(str(general_text(args.quiet_tofu)), loaded)[1]
+    print(f"{len(people)} taught records, {len(quiet)} quiet ones", flush=True)
+    records, questions = scored
+    checks, started = [], time.perf_counter()
+
+    def after_check(model, epoch: int, accuracy: float) -> None:
+        answers = greedy_answers(model, loaded.tokenizer, questions, GENERAL_MAX_NEW_TOKENS, batch_size=16)
+        checks.append({"epoch": epoch, "answer_accuracy": round(accuracy, 3),
+                       "general": round(score(answers, [r.fields for r in records])["accuracy"], 3),
+                       **({"probe": round(probe(model), 3)} if probe else {}),
+                       "seconds": round(time.perf_counter() - started, 1)})
+        print("CHECK", json.dumps(checks[-1]), flush=True)
+
+    config = NeuronTeaching(count=args.new_neurons, lr=args.lr, epochs=args.epochs,
+                            locality_weight=args.locality_weight, check_every=2)
+    stats = teach(loaded.model, people, quiet, loaded.tokenizer.pad_token_id, config, after_check=after_check)
+    write_result(args, config.count * len(loaded.model.model.layers), checks, stats)
+
+
+def write_result(args, modules: int, checks: list, extra: dict | None = None) -> None:
+    out = ROOT / "bench" / "results" / "teach-sweep" / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "modules": modules, "checks": checks, **({"teaching": extra} if extra else {})}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("RESULT", json.dumps(result), flush=True)
+
+
 def layer_of(name: str) -> int:
     found = re.search(r"\.layers\.(\d+)\.", name)
     return int(found.group(1)) if found else -1
@@ -162,6 +209,13 @@ def main() -> None:
     parser.add_argument("--people-system", default=None, metavar="TEXT",
                         help="ask the people's questions under this system prompt (the replay and the general "
                              "questions keep the chat template's default one)")
+    parser.add_argument("--new-neurons", type=int, default=None, metavar="K",
+                        help="no LoRA: give every MLP K new neurons, trained on the people alone and held silent on "
+                             "every position of the replayed records (forgetkit.quickstart.new_neurons)")
+    parser.add_argument("--locality-weight", type=float, default=10.0)
+    parser.add_argument("--quiet-tofu", type=Path, default=None,
+                        help="a TOFU folder: its world-facts and real-authors records (less any naming a scored term) "
+                             "join the replay among the records the new neurons must stay silent on")
     parser.add_argument("--probe-tofu", type=Path, default=None,
                         help="a TOFU folder: also score, at every check, the cloze knowledge probe (true answer against "
                              "the perturbed ones) on its world-facts and real-authors records the pretrained model gets right")
@@ -211,6 +265,9 @@ def main() -> None:
         first, last = (int(v) for v in args.layers.split("-"))
         targets = [t for t in targets if first <= layer_of(t) <= last]
     probe = knowledge_probe(loaded, args.probe_tofu) if args.probe_tofu else None
+    if args.new_neurons:
+        run_new_neurons(args, loaded, examples, replay_file, probe, questions_and_records(loaded))
+        return
     if args.sparse_fisher:
         general_examples = load_examples(str(replay_file), loaded)[1]
         people_examples = examples[: len(examples) - len(general_examples)]  # train.jsonl ends with the replay
@@ -249,12 +306,7 @@ def main() -> None:
         print("CHECK", json.dumps(checks[-1]), flush=True)
         if people >= 0.95:
             break
-    out = ROOT / "bench" / "results" / "teach-sweep" / f"{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "modules": len(targets), "checks": checks}
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print("RESULT", json.dumps(result), flush=True)
+    write_result(args, len(targets), checks)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors.torch import load_file, save_file
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
@@ -96,8 +97,11 @@ def reference_mode(model: PeftModel) -> Iterator[None]:
             yield
 
 
-def save_adapter(model: PeftModel, out_dir: Path, init_dir: Path | None, mutates_base: bool) -> None:
-    """Save the trained ``default`` adapter as a standard PEFT folder for the original base."""
+def save_adapter(model: PeftModel, out_dir: Path, init_dir: Path | None, mutates_base: bool,
+                 initial_a: dict[str, torch.Tensor] | None = None) -> None:
+    """Save the trained ``default`` adapter as a standard PEFT folder for the original base.
+    ``initial_a`` (module name -> A): starting A matrices that differ from the init folder's (projected
+    by null-space confinement, ``forgetkit.nullspace``); the conversion is made against them."""
     if not mutates_base:
         model.save_pretrained(str(out_dir), selected_adapters=["default"])
         return
@@ -108,6 +112,14 @@ def save_adapter(model: PeftModel, out_dir: Path, init_dir: Path | None, mutates
         initial.mkdir()
         for name in ADAPTER_FILES:
             shutil.copy2(Path(init_dir) / name, initial / name)
+        if initial_a:
+            weights = load_file(str(initial / "adapter_model.safetensors"))
+            for module, a in initial_a.items():
+                key = f"base_model.model.{module}.lora_A.weight"
+                if key not in weights:
+                    raise KeyError(f"{init_dir}: no starting A for {module}")
+                weights[key] = a.detach().to("cpu", weights[key].dtype).contiguous()
+            save_file(weights, str(initial / "adapter_model.safetensors"))
         model.save_pretrained(
             str(out_dir), selected_adapters=["default"], path_initial_model_for_weight_conversion=str(initial)
         )

@@ -63,12 +63,55 @@ def test_fila_adapter_applies_to_the_original_base(tiny_models, data_dir, fila_i
     assert not (tmp_path / "adapter.checkpoints").exists()
 
 
-def test_null_space_refuses_an_init_that_rewrote_the_base(tiny_models, data_dir, fila_init, tmp_path):
-    with pytest.raises(ForgetkitError, match="--null-space needs an init that leaves the base as it is"):
-        run_unlearn(str(tiny_models["llama"]), str(data_dir / "forget.jsonl"), tmp_path / "adapter",
-                    UnlearnParams(train=FAST, null_space=0.5), retain=str(data_dir / "retain_small.jsonl"),
-                    init=str(fila_init["llama"]))
-    assert not (tmp_path / "adapter").exists()
+def retain_examples(model_dir, data_dir):
+    from forgetkit.stages.common import load_examples
+
+    loaded = load_model(model_dir)
+    return loaded, load_examples(str(data_dir / "retain_small.jsonl"), loaded)[1]
+
+
+def test_null_space_on_a_fila_init_keeps_the_starting_function(tiny_models, data_dir, fila_init):
+    from forgetkit.adapters import iter_lora_layers
+    from forgetkit.nullspace import confine
+
+    model_dir = str(tiny_models["llama"])
+    original = logits(load_model(model_dir).model)
+    loaded, examples = retain_examples(model_dir, data_dir)
+    model = load_init_adapter(loaded.model, fila_init["llama"], mutates_base=True)
+    add_reference_adapter(model, fila_init["llama"])
+    before = {name: layer.lora_A["default"].weight.detach().clone() for name, layer in iter_lora_layers(model)}
+    confinement = confine(model, examples, loaded.tokenizer.pad_token_id, 0.5, residual_base=True)
+    moved = max((layer.lora_A["default"].weight - before[name]).abs().max().item() for name, layer in iter_lora_layers(model))
+    assert moved > 1e-3  # FILA's A read the blocked directions, and the projection took them off
+    # ...and the base took over what the adapter lost: base + adapter is still the original model.
+    assert (logits(model) - original).abs().max().item() < 1e-4
+    with reference_mode(model):
+        assert (logits(model) - original).abs().max().item() < 1e-4
+    for (name, layer), basis in zip(iter_lora_layers(model), confinement.bases):
+        assert torch.equal(confinement.initial_a[name], layer.lora_A["default"].weight)
+        assert (layer.lora_A["default"].weight @ basis).abs().max().item() < 1e-5
+
+
+def test_null_space_with_fila_saves_an_adapter_off_the_retain_directions(tiny_models, data_dir, fila_init, tmp_path):
+    from forgetkit.adapters import iter_lora_layers
+    from forgetkit.nullspace import input_moments
+
+    model_dir = str(tiny_models["llama"])
+    run_unlearn(model_dir, str(data_dir / "forget.jsonl"), tmp_path / "adapter", UnlearnParams(train=FAST, null_space=0.5),
+                retain=str(data_dir / "retain_small.jsonl"), init=str(fila_init["llama"]))
+    loaded, examples = retain_examples(model_dir, data_dir)
+    plain = PeftModel.from_pretrained(loaded.model, str(tmp_path / "adapter"))
+    assert (logits(plain) - logits(load_model(model_dir).model)).abs().max().item() > 1e-3  # it trained
+    # Both halves of the converted rank-2r A (the trained A and the starting A it is taken against) read
+    # only the free directions of the retain inputs on the original model: had the conversion used the
+    # init's unprojected A, the second half would not.
+    moments = input_moments(plain, examples, loaded.tokenizer.pad_token_id)
+    for name, layer in iter_lora_layers(plain):
+        values, vectors = torch.linalg.eigh(moments[name])
+        blocked = vectors[:, int(round(0.5 * values.numel())):].float()
+        a = layer.lora_A["default"].weight.float()
+        assert a.shape[0] == 8
+        assert (a @ blocked).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
 
 
 def test_reference_mode_is_the_original_model(tiny_models, fila_init):

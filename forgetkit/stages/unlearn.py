@@ -131,10 +131,6 @@ def run_unlearn(
     if init is not None:
         init_meta = check_artifact(init, "init", loaded.info)
         mutates_base = bool(init_meta.results.get("mutates_base", False))
-        if mutates_base and params.null_space is not None:
-            # Projecting A would change the starting function: the base was rewritten to W - s B A.
-            raise ForgetkitError(f"{init}: --null-space needs an init that leaves the base as it is "
-                                 f"(this {init_meta.parameters.get('scheme', 'init')} init rewrote it); drop --init or --null-space")
         model = load_init_adapter(loaded.model, init, mutates_base)
         if loss_fn.needs_reference and mutates_base:
             add_reference_adapter(model, init)
@@ -146,7 +142,8 @@ def run_unlearn(
 
     confinement = None
     if params.null_space is not None:
-        confinement = confine(model, retain_examples, tokenizer.pad_token_id, params.null_space)
+        # After FILA/PiSSA the base is W - s B A: confine keeps base + adapter = W while it projects A.
+        confinement = confine(model, retain_examples, tokenizer.pad_token_id, params.null_space, residual_base=mutates_base)
     checkpointed = enable_gradient_checkpointing(model) if params.gradient_checkpointing else 0
     sharding = shard_base(model, ranks, accelerator.device) if sharded else None
 
@@ -240,7 +237,8 @@ def run_unlearn(
     with gathered(adapter_weights), main_writes(ranks) as writer:  # ZeRO-3 partitions the adapter too
         if writer:
             with atomic_folder(output) as staging:
-                save_adapter(model, staging, Path(init) if init else None, mutates_base)
+                save_adapter(model, staging, Path(init) if init else None, mutates_base,
+                             confinement.initial_a if confinement is not None else None)
                 write_folder_metadata(staging, metadata)
                 write_json(staging / TRAINING_LOG, result.log)
             registry.record(output)
