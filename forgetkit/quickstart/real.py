@@ -3,7 +3,8 @@
 1. the pretrained model (a packaged GGUF shortcut, a ``.gguf`` file or a folder) learns a few of the
    quickstart's fictitious people in new MLP neurons held silent on general questions
    (``forgetkit.quickstart.new_neurons``), folded into a plain checkpoint, cached;
-2. fisher -> init (FILA) -> unlearn (IHL) -> merge -> audit on some of them, the others kept;
+2. fisher -> init (FILA) -> unlearn (IHL, confined to the kept records' null space) -> merge -> audit on
+   some of them, the others kept;
 3. what a tiny model cannot show: the general knowledge that came with pretraining (questions the
    pretrained model answers right, ``forgetkit.quickstart.general``), measured on the pretrained,
    fine-tuned and unlearned models.
@@ -49,7 +50,9 @@ TEACH = NeuronTeaching(count=32, lr=5e-3, epochs=16, batch_size=8, locality_weig
 # weight 2: forget 0.83 -> 0.10, retain -11% (no replay), -44% (replay in the kept set, diluting the people).
 # 16 kept records beside every 4 forgotten ones: with 4, half of them replayed general answers, the kept
 # people lost as much as the forgotten ones (retain ROUGE-L -69%).
-UNLEARN = UnlearnParams(loss="ihl", loss_params={"retain_weight": "3"},
+# The adapter reads only the 80% of each layer's input directions the kept records use least: without it IHL
+# took general knowledge 0.97 -> 0.69 on the v5 taught model ("the capital of Canada is Toronto"), with it 1.00.
+UNLEARN = UnlearnParams(loss="ihl", loss_params={"retain_weight": "3"}, null_space=0.8,
                         train=TrainConfig(lr=5e-4, epochs=6, batch_size=4, micro_batch_size=4, seed=SEED,
                                           retain_micro_batch_size=16))
 RANK = 8
