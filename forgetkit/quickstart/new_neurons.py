@@ -1,6 +1,6 @@
 """Teaching a pretrained model new facts in neurons of their own, kept silent on what it already knows.
 
-A LoRA fine-tune that memorises the quickstart's people costs SmolLM2 5-25% of its general knowledge,
+A LoRA fine-tune that memorises the quickstart's people costs SmolLM2 9-25% of its general knowledge,
 whichever weights it may move (BENCHMARKS.md, teaching sweep). A low-rank change is linear in its input:
 it cannot act on the people's questions without acting on every input that shares their directions.
 
@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from forgetkit.benchmark.finetune import answer_accuracy
 from forgetkit.console import progress_bar
 from forgetkit.data import IGNORE_INDEX, Example, batches, collate
 from forgetkit.losses.base import logits_of, mean_nll
@@ -106,12 +107,6 @@ def fold(model: nn.Module) -> nn.Module:
     return model
 
 
-def answer_token_accuracy(model: nn.Module, examples: Sequence[Example], pad_token_id: int) -> float:
-    from forgetkit.benchmark.finetune import answer_accuracy
-
-    return answer_accuracy(model, examples, pad_token_id)
-
-
 def teach(model: nn.Module, taught: Sequence[Example], quiet: Sequence[Example], pad_token_id: int,
           config: NeuronTeaching, label: str = "teaching new neurons",
           after_check: Callable[[nn.Module, int, float], None] | None = None) -> dict:
@@ -142,25 +137,25 @@ def teach(model: nn.Module, taught: Sequence[Example], quiet: Sequence[Example],
                     m.quiet = mask
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     nll = mean_nll(logits_of(model, batch), batch["labels"])
-                kept = torch.stack([m.locality for m in patched]).mean()
-                loss = nll + config.locality_weight * kept
+                leak = torch.stack([m.locality for m in patched]).mean()
+                loss = nll + config.locality_weight * leak
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
-                locality = float(kept.detach())
+                locality = float(leak.detach())
             for m in patched:
                 m.quiet, m.locality = None, None
             advance()
             if config.target_accuracy is not None and epoch % config.check_every == 0:
                 model.eval()
-                accuracy = answer_token_accuracy(model, taught, pad_token_id)
+                accuracy = answer_accuracy(model, taught, pad_token_id)
                 if after_check is not None:
                     after_check(model, epoch, accuracy)
                 if accuracy >= config.target_accuracy:
                     break
     model.eval()
     if accuracy is None:
-        accuracy = answer_token_accuracy(model, taught, pad_token_id)
+        accuracy = answer_accuracy(model, taught, pad_token_id)
     return {"epochs": epoch, "examples": len(taught), "answer_accuracy": accuracy, "locality": locality,
             "new_neurons_per_layer": config.count, "seconds": round(time.perf_counter() - started, 1)}
