@@ -128,12 +128,6 @@ def sparse_trainable(loaded, targets, people, general, fraction: float):
     return loaded.model
 
 
-def questions_and_records(loaded):
-    from forgetkit.stages.probe import question_set
-
-    return question_set(None, loaded)
-
-
 def run_new_neurons(args, loaded, examples, replay_file: Path, probe, scored) -> None:
     """Teach the people in new MLP neurons (no replay in the taught set: the locality term holds the
     replayed records' every position instead), measuring at every check as the LoRA runs do."""
@@ -266,7 +260,7 @@ def main() -> None:
         targets = [t for t in targets if first <= layer_of(t) <= last]
     probe = knowledge_probe(loaded, args.probe_tofu) if args.probe_tofu else None
     if args.new_neurons:
-        run_new_neurons(args, loaded, examples, replay_file, probe, questions_and_records(loaded))
+        run_new_neurons(args, loaded, examples, replay_file, probe, question_set(None, loaded))
         return
     if args.sparse_fisher:
         general_examples = load_examples(str(replay_file), loaded)[1]
