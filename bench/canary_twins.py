@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from forgetkit.adversary import AdversaryConfig
 from forgetkit.console import quiet_libraries
 from forgetkit.quickstart.run import ensure_quickstart_model
 from forgetkit.stages.audit import AuditParams, run_audit
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--loss", default="unseen")
     parser.add_argument("--sam-rho", type=float, default=0.0, help="unlearn --sam-rho (sharpness-aware steps)")
     parser.add_argument("--relearn-rho", type=float, default=0.0, help="unlearn --relearn-rho (relearning-aware steps)")
+    parser.add_argument("--adversary-steps", type=int, default=0, help="unlearn --adversary-steps (simulated relearning attacker)")
+    parser.add_argument("--adversary-reset", type=int, default=8)
+    parser.add_argument("--adversary-weight", type=float, default=1.0)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "canary-twins")
     parser.add_argument("params", nargs="*", help="the loss's KEY=VALUE parameters")
     args = parser.parse_intermixed_args()  # loss parameters may follow the options
@@ -54,7 +58,9 @@ def main() -> None:
         loss=args.loss, null_space=args.null_space, loss_params=dict(p.split("=", 1) for p in args.params),
         train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=4, micro_batch_size=4, seed=0,
                           retain_micro_batch_size=args.retain_micro_batch_size, sam_rho=args.sam_rho,
-                          relearn_rho=args.relearn_rho),
+                          relearn_rho=args.relearn_rho,
+                          adversary=AdversaryConfig(args.adversary_steps, reset_every=args.adversary_reset,
+                                                    weight=args.adversary_weight)),
         # The audit's own settings: 255 canary candidates, 48 new tokens.
         target=TargetParams("holdout", None, args.check_every, 48, 255),
     )
@@ -72,7 +78,8 @@ def main() -> None:
     sets = ("forget", "retain", "holdout")
     result = {
         "name": args.name, "loss": args.loss, "lr": args.lr, "epochs": args.epochs, "init": args.init,
-        "null_space": args.null_space, "sam_rho": args.sam_rho, "relearn_rho": args.relearn_rho, "params": params.loss_params,
+        "null_space": args.null_space, "sam_rho": args.sam_rho, "relearn_rho": args.relearn_rho,
+        "adversary": [args.adversary_steps, args.adversary_reset, args.adversary_weight], "params": params.loss_params,
         "stopped": target["stopped"], "kept_step": target["kept_step"],
         "unlearn_seconds": round(unlearned - started, 1), "audit_seconds": round(time.perf_counter() - unlearned, 1),
         "nll": {s: after["sets"][s]["summary"]["nll"] for s in sets},

@@ -131,6 +131,9 @@ def main() -> None:
                         help="@holdout runs also check Forget Quality estimated against the held-out set "
                              "(unlearn --holdout-quality)")
     parser.add_argument("--sam-rho", type=float, default=0.0, help="unlearn --sam-rho for every run (sharpness-aware steps)")
+    parser.add_argument("--adversary-steps", type=int, default=0,
+                        help="unlearn --adversary-steps for every run (a simulated relearning attacker)")
+    parser.add_argument("--adversary-weight", type=float, default=1.0, help="unlearn --adversary-weight for every run")
     parser.add_argument("--relearn-rho", type=float, default=0.0,
                         help="unlearn --relearn-rho for every run (relearning-aware steps)")
     parser.add_argument("--null-space", type=float, default=None,
@@ -160,7 +163,8 @@ def main() -> None:
                     max_new_tokens=args.max_new_tokens, seeds=args.seeds, check_every=args.check_every,
                     null_space=args.null_space, loss_params=tuple(args.loss_param),
                     holdout_quality=args.holdout_quality, sam_rho=args.sam_rho,
-                    relearn_rho=args.relearn_rho)
+                    relearn_rho=args.relearn_rho, adversary_steps=args.adversary_steps,
+                    adversary_weight=args.adversary_weight)
     if args.prepare_only:
         splits = write_splits(args.tofu, subset, args.workdir / subset.name / "data")
         models = build_targets(args.tofu, splits, args.workdir / subset.name / targets.key(), targets)

@@ -141,6 +141,12 @@ def unlearn(
     seed: int = typer.Option(0, "--seed"),
     sam_rho: float = typer.Option(0.0, "--sam-rho", help="Sharpness-aware steps: take each step's gradient this far (L2, adapter weights) up its own slope, so the result resists relearning (0: off; two passes a step)."),
     relearn_rho: float = typer.Option(0.0, "--relearn-rho", help="Relearning-aware steps: take each step's gradient this far (L2, adapter weights) down the forget batch's NLL, where a relearning attack starts (0: off; one more pass a step)."),
+    adversary_steps: int = typer.Option(0, "--adversary-steps", help="Train against a simulated relearning attacker: its AdamW steps per step (0: off; that many more passes a step)."),
+    adversary_reset: int = typer.Option(8, "--adversary-reset", help="--adversary-steps: steps before a fresh attacker on a fresh pool of forget records."),
+    adversary_pool: float = typer.Option(0.25, "--adversary-pool", help="--adversary-steps: share of forget records the attacker trains on."),
+    adversary_weight: float = typer.Option(1.0, "--adversary-weight", help="--adversary-steps: weight of the loss taken under the attacker."),
+    adversary_lr: float = typer.Option(1e-3, "--adversary-lr", help="--adversary-steps: the attacker's learning rate (the audit's relearning rate)."),
+    adversary_rank: int = typer.Option(8, "--adversary-rank", help="--adversary-steps: the attacker's LoRA rank."),
     holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out set (never trained on) for --target, --until-forgotten and --loss unseen."),
     until_forgotten: bool = typer.Option(False, "--until-forgotten", help="Stop once forget EL10 and MA fall below the held-out set's."),
     target: Optional[str] = typer.Option(None, "--target", help="Stop at a forgetting target measured like the audit: holdout or reference."),
@@ -174,6 +180,7 @@ def unlearn(
 ) -> None:
     """Make the model forget: train a LoRA adapter on the forget set, or (--method llmeraser) edit a
     fine-tuned LoRA adapter with influence functions to remove, correct or modify training records."""
+    from forgetkit.adversary import AdversaryConfig
     from forgetkit.plugins import parse_params
     from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
     from forgetkit.stopping import TargetParams
@@ -204,7 +211,9 @@ def unlearn(
         alpha=alpha,
         targets=targets,
         train=TrainConfig(lr, epochs, batch_size, micro_batch_size, weight_decay, max_grad_norm, seed, retain_micro_batch_size,
-                          sam_rho=sam_rho, relearn_rho=relearn_rho),
+                          sam_rho=sam_rho, relearn_rho=relearn_rho,
+                          adversary=AdversaryConfig(adversary_steps, adversary_lr, adversary_rank, adversary_reset,
+                                                    adversary_pool, adversary_weight)),
         until_forgotten=until_forgotten,
         target=TargetParams(target, reference_report, check_every, target_tokens, retain_nll_rise=retain_nll_rise,
                             holdout_quality=holdout_quality) if target else None,

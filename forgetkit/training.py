@@ -7,6 +7,7 @@ from an epoch checkpoint replays exactly the batches an uninterrupted run would 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,6 +21,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from forgetkit.adapters import reference_mode
+from forgetkit.adversary import AdversaryConfig, RelearningAdversary, check_adversary
 from forgetkit.artifacts import atomic_folder
 from forgetkit.console import console, progress_bar
 from forgetkit.data import Example, batches, collate, target_token_count
@@ -52,6 +54,9 @@ class TrainConfig:
     # forget after such a step; the loss logged is the one measured there. 0: off. Two forward/backward
     # passes a step (three with --sam-rho).
     relearn_rho: float = 0.0
+    # A simulated relearning attacker (forgetkit.adversary): its own LoRA on every linear layer, trained on
+    # a pool of forget records, and the loss also taken under it on the other forget records.
+    adversary: AdversaryConfig = dataclasses.field(default_factory=AdversaryConfig)
 
 
 @dataclasses.dataclass
@@ -101,6 +106,9 @@ def check_config(config: TrainConfig, deepspeed: bool = False) -> None:
         raise ForgetkitError("--relearn-rho must be 0 (plain steps) or a positive radius")
     if config.relearn_rho > 0 and deepspeed:
         raise ForgetkitError("--relearn-rho is not supported under DeepSpeed (its engine owns the step); run without it")
+    check_adversary(config.adversary)
+    if config.adversary.steps and deepspeed:
+        raise ForgetkitError("--adversary-steps is not supported under DeepSpeed (its engine owns the step); run without it")
 
 
 def train(
@@ -178,13 +186,17 @@ def train(
         with torch.no_grad(), autocast(), reference_mode(model):
             return logits_of(forward_model, batch)
 
+    adversary = (RelearningAdversary(forward_model, forget, config.adversary, config.seed, to_device, autocast)
+                 if config.adversary.steps else None)
     steps_per_epoch = math.ceil(len(forget) / config.batch_size)
     started = time.perf_counter()
     tokens = 0
     stopped = None
     epoch = start_epoch
     model.train()
-    with progress_bar("Unlearning", steps_per_epoch * (config.epochs - start_epoch)) as advance:
+    # The adversary's hooks come off the model however training ends.
+    with progress_bar("Unlearning", steps_per_epoch * (config.epochs - start_epoch)) as advance, \
+            adversary if adversary is not None else contextlib.nullcontext():
         for epoch in range(start_epoch, config.epochs):
             retain_stream = (RetainStream(retain, config.retain_micro_batch_size or config.micro_batch_size, config.seed, epoch)
                              if retain else None)
@@ -264,6 +276,15 @@ def train(
                         )
                 if relearned is not None:
                     _descend(trainable, relearned)  # back to the weights; the gradient taken there is kept
+                if adversary is not None:
+                    terms_sum.update(_under_attack(adversary, micros, mine, retains, held_out, len(batch_examples),
+                                                   loss_fn, forward_model, reference, to_device, autocast,
+                                                   accelerator, config.adversary.weight, ranks, device))
+                    if not math.isfinite(terms_sum["loss_under_attack"]):
+                        raise ForgetkitError(
+                            f"training diverged at epoch {epoch + 1}, step {len(log) + 1}: the loss under the "
+                            "simulated attacker is not finite (lower --adversary-weight or --lr); no adapter was written"
+                        )
                 if engine:
                     grad_norm = engine.step()
                 else:
@@ -300,6 +321,38 @@ def train(
     (tokens,) = sum_numbers([tokens], ranks, device)
     return TrainResult(log, epochs_run, len(log), stopped, int(tokens), time.perf_counter() - started,
                        sharded_base=engine.layout if engine else None)
+
+
+def _under_attack(adversary: RelearningAdversary, micros, mine, retains, held_out, batch_size: int, loss_fn,
+                  forward_model, reference, to_device, autocast, accelerator, weight: float, ranks: Ranks,
+                  device) -> dict[str, float]:
+    """The attacker's steps, then the loss under it on this rank's forget records outside its pool; the
+    gradient (times ``weight``) accumulates on the adapter beside the plain step's."""
+    attacker_nll = adversary.attack()
+
+    def unattacked_reference(batch):
+        with adversary.paused():  # the reference is the original model, attacker or not
+            return reference(batch)
+
+    total = 0.0
+    with adversary.applied():
+        for index in mine:
+            if index is None:
+                continue
+            micro = adversary.outside_pool(micros[index])
+            if not micro:
+                continue
+            ctx = LossContext(model=forward_model, forget=to_device(micro),
+                              retain=to_device(retains[index]) if retains[index] else None,
+                              reference=unattacked_reference,
+                              holdout=to_device(held_out[index]) if held_out[index] else None)
+            with autocast():
+                loss = loss_fn(ctx)["loss"]
+            share = len(micro) / batch_size
+            accelerator.backward(loss * share * weight)
+            total += loss.item() * share
+    (total,) = sum_numbers([total], ranks, device)
+    return {"attacker_nll": attacker_nll, "loss_under_attack": total}
 
 
 def _combine(terms_sum: dict[str, float], bad_loss: float | None, ranks: Ranks) -> tuple[dict[str, float], float | None]:

@@ -162,6 +162,22 @@ def test_unlearn_on_two_processes_follows_one(tiny_models, data_dir, tmp_path):
     assert read_metadata(tmp_path / "two").results["processes"] == 2
 
 
+def test_unlearn_against_a_simulated_attacker_on_two_processes_follows_one(tiny_models, data_dir, tmp_path):
+    """--adversary-steps: every process trains the same attacker on the same pool, each takes the loss under
+    it on its own micro-batches, and the summed step is the one-process step."""
+    from forgetkit.adversary import AdversaryConfig
+
+    model, forget, retain = tiny_models["llama"], data_dir / "forget.jsonl", data_dir / "retain_small.jsonl"
+    attacked = dataclasses.replace(UNLEARN_PARAMS, train=dataclasses.replace(
+        UNLEARN_PARAMS.train, adversary=AdversaryConfig(steps=2, reset_every=3)))
+    run_unlearn(str(model), str(forget), tmp_path / "one", attacked, retain=str(retain))
+    torchrun("unlearn", model, forget, "--retain", retain, *UNLEARN_ARGS, "--adversary-steps", "2", "--adversary-reset", "3",
+             "-o", tmp_path / "two")
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    log = json.loads((tmp_path / "two" / "training_log.json").read_text())
+    assert all(entry["loss_under_attack"] != 0 for entry in log)
+
+
 def test_unlearn_with_a_sharded_base_follows_one_process(tiny_models, data_dir, tmp_path):
     """FSDP through accelerate's config: each process holds half the base, the training is the
     one-process training, including FILA's residual base and the conversion of the result to a plain

@@ -128,9 +128,10 @@ def test_runs_off_the_default_lr_budget_or_confinement_are_cached_and_labelled_a
     names = {run_name("ihl", "lora", 8, dataclasses.replace(default, **change))
              for change in ({}, {"lr": 5e-3}, {"epochs": 10}, {"null_space": 0.5}, {"null_space": 0.8},
                             {"loss_params": (("retain_weight", "3"),)}, {"retain_batch_size": 32}, {"sam_rho": 0.2},
-                            {"relearn_rho": 0.2})}
-    assert len(names) == 9 and run_label("ihl", dataclasses.replace(default, sam_rho=0.2)) == "ihl SAM 0.2"
+                            {"relearn_rho": 0.2}, {"adversary_steps": 4}, {"adversary_steps": 4, "adversary_weight": 3.0})}
+    assert len(names) == 11 and run_label("ihl", dataclasses.replace(default, sam_rho=0.2)) == "ihl SAM 0.2"
     assert run_label("ihl", dataclasses.replace(default, relearn_rho=0.5)) == "ihl relearn-aware 0.5"
+    assert run_label("ihl", dataclasses.replace(default, adversary_steps=4, adversary_weight=3.0)) == "ihl adversary 4x3"
     weighted = dataclasses.replace(default, loss_params=(("retain_weight", "3"),))
     assert run_label("ihl", weighted) == "ihl retain_weight 3"
     # The check interval names runs stopped at a target apart, and only those.

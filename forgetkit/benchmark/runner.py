@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetkit.artifacts import write_json
+from forgetkit.adversary import AdversaryConfig
 from forgetkit.audit.attacks import AttackParams
 from forgetkit.benchmark.measure import Measurement, measured
 from forgetkit.benchmark.targets import TargetSpec, build_targets
@@ -65,6 +66,8 @@ class GridSpec:
     holdout_quality: bool = False
     sam_rho: float = 0.0  # ``unlearn --sam-rho`` for every run (sharpness-aware steps)
     relearn_rho: float = 0.0  # ``unlearn --relearn-rho`` for every run (relearning-aware steps)
+    adversary_steps: int = 0  # ``unlearn --adversary-steps`` for every run (a simulated relearning attacker)
+    adversary_weight: float = 1.0  # ``unlearn --adversary-weight``
 
 
 def stage_cost(measurement: Measurement) -> dict[str, float]:
@@ -199,6 +202,9 @@ def _departures(grid: GridSpec, method: str) -> list[tuple[str, str]]:
         parts.append((f"-sam{grid.sam_rho:g}", f"SAM {grid.sam_rho:g}"))
     if grid.relearn_rho:
         parts.append((f"-rl{grid.relearn_rho:g}", f"relearn-aware {grid.relearn_rho:g}"))
+    if grid.adversary_steps:
+        weight = f"x{grid.adversary_weight:g}" if grid.adversary_weight != 1.0 else ""
+        parts.append((f"-adv{grid.adversary_steps}{weight}", f"adversary {grid.adversary_steps}{weight}"))
     if "@" in method and grid.check_every != GridSpec.check_every:
         parts.append((f"-c{grid.check_every}", f"checks every {grid.check_every}"))
     if method.endswith("@holdout") and grid.holdout_quality:
@@ -231,7 +237,8 @@ def run_one(full: str, splits: dict[str, Path], sets: dict[str, str | None], fol
                  fisher=str(fisher_path) if init == "fila" else None)
     train = TrainConfig(lr=grid.lr, epochs=grid.epochs, batch_size=grid.batch_size, micro_batch_size=grid.batch_size,
                         retain_micro_batch_size=grid.retain_batch_size, seed=grid.seed, sam_rho=grid.sam_rho,
-                        relearn_rho=grid.relearn_rho)
+                        relearn_rho=grid.relearn_rho,
+                        adversary=AdversaryConfig(grid.adversary_steps, weight=grid.adversary_weight))
     loss, _, target = method.partition("@")
     params = UnlearnParams(loss=loss, train=train, loss_params=dict(grid.loss_params),
                            target=TargetParams(target, check_every=grid.check_every, max_new_tokens=grid.max_new_tokens,

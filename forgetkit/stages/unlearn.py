@@ -92,6 +92,8 @@ def run_unlearn(
         raise ForgetkitError(f"--null-space {params.null_space}: give the share of directions left free, between 0 and 1")
     if params.null_space is not None and (sharded or in_deepspeed):
         raise ForgetkitError("--null-space is not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet")
+    if params.train.adversary.steps and sharded:
+        raise ForgetkitError("--adversary-steps is not supported with a split base (FSDP) yet; use a data-parallel launch")
     if params.target is not None and (sharded or in_deepspeed):
         raise ForgetkitError("--target is not supported with a split base (FSDP or DeepSpeed ZeRO-3) yet; "
                              "use --until-forgotten there, or a data-parallel launch")
