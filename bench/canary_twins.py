@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("lr", type=float)
     parser.add_argument("epochs", type=int)
     parser.add_argument("--init", default=None)
+    parser.add_argument("--rank", type=int, default=8, help="the adapter's rank without --init")
     parser.add_argument("--retain-micro-batch-size", type=int, default=4)
     parser.add_argument("--check-every", type=int, default=4)
     parser.add_argument("--null-space", type=float, default=None, help="unlearn --null-space (plain LoRA only)")
@@ -55,7 +56,7 @@ def main() -> None:
     model, forget, retain, holdout = (str(quickstart / n) for n in ("model", "forget.jsonl", "retain.jsonl", "holdout.jsonl"))
     adapter = args.workdir / args.name
     params = UnlearnParams(
-        loss=args.loss, null_space=args.null_space, loss_params=dict(p.split("=", 1) for p in args.params),
+        loss=args.loss, null_space=args.null_space, rank=args.rank, loss_params=dict(p.split("=", 1) for p in args.params),
         train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=4, micro_batch_size=4, seed=0,
                           retain_micro_batch_size=args.retain_micro_batch_size, sam_rho=args.sam_rho,
                           relearn_rho=args.relearn_rho,
@@ -79,7 +80,7 @@ def main() -> None:
     result = {
         "name": args.name, "loss": args.loss, "lr": args.lr, "epochs": args.epochs, "init": args.init,
         "null_space": args.null_space, "sam_rho": args.sam_rho, "relearn_rho": args.relearn_rho,
-        "adversary": [args.adversary_steps, args.adversary_reset, args.adversary_weight], "params": params.loss_params,
+        "rank": args.rank, "adversary": [args.adversary_steps, args.adversary_reset, args.adversary_weight], "params": params.loss_params,
         "stopped": target["stopped"], "kept_step": target["kept_step"],
         "unlearn_seconds": round(unlearned - started, 1), "audit_seconds": round(time.perf_counter() - unlearned, 1),
         "nll": {s: after["sets"][s]["summary"]["nll"] for s in sets},

@@ -274,6 +274,7 @@ def audit(
     relearn_steps: str = typer.Option("10,30,100", "--relearn-steps",
                                       help="Relearn attack: step budgets measured (comma-separated)."),
     relearn_lr: float = typer.Option(1e-3, "--relearn-lr"),
+    relearn_rank: int = typer.Option(8, "--relearn-rank", help="Relearn attack: the attacker's LoRA rank (every linear layer)."),
     relearn_kinds: str = typer.Option("part,related", "--relearn-kinds",
                                       help="part (train on some forget records, measure the rest) and/or related "
                                       "(train on reworded records, measure the set)."),
@@ -289,11 +290,13 @@ def audit(
     from forgetkit.audit.attacks import AttackParams, parse_budgets, parse_kinds
     from forgetkit.stages.audit import AuditParams, run_audit
 
+    if relearn_rank < 1:
+        raise ForgetkitError(f"--relearn-rank {relearn_rank}: the attacker's LoRA rank must be at least 1")
     params = AuditParams(
         suites=tuple(suite), attacks=tuple(attacks or ()), max_new_tokens=max_new_tokens, batch_size=batch_size,
         generation_batch_size=generation_batch_size, canary_candidates=canary_candidates,
         include_examples=include_examples, skip_base=skip_base, model_dtype=model_dtype, truncate=truncate,
-        attack=AttackParams(relearn_budgets=parse_budgets(relearn_steps), relearn_lr=relearn_lr,
+        attack=AttackParams(relearn_budgets=parse_budgets(relearn_steps), relearn_lr=relearn_lr, relearn_rank=relearn_rank,
                             relearn_kinds=parse_kinds(relearn_kinds), samples=samples, seed=seed),
     )
     run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, real_authors=real_authors,

@@ -156,6 +156,8 @@ def test_audit_bad_inputs_give_one_line_errors(tiny_models, tokenizer, data_dir,
                    r"unknown suite 'extraktion'")
     one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--attacks", "jailbreak", check=False),
                    r"unknown attack 'jailbreak'")
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--attacks", "relearn", "--relearn-rank", "0",
+                                  check=False), r"--relearn-rank 0: the attacker's LoRA rank must be at least 1")
     (tmp_path / "secret.jsonl").write_text('{"question": "q?", "answer": "a", "secret": "123"}\n')
     one_line_error(forgetkit_here("audit", llama, "--forget", tmp_path / "secret.jsonl", check=False),
                    r"secret.jsonl:1: the secret does not occur in the record's answer or text")
