@@ -37,7 +37,8 @@ def quickstart_case(folder: Path, max_new_tokens: int) -> dict:
 
     data = folder / "data"
     model = str(prepare_workdir(data))
-    run_unlearn(model, str(data / "forget.jsonl"), folder / "adapter", QUICKSTART_UNLEARN, retain=str(data / "retain.jsonl"))
+    run_unlearn(model, str(data / "forget.jsonl"), folder / "adapter", QUICKSTART_UNLEARN, retain=str(data / "retain.jsonl"),
+                holdout=str(data / "holdout.jsonl"))
     sets = dict(forget=str(data / "forget.jsonl"), retain=str(data / "retain.jsonl"), holdout=str(data / "holdout.jsonl"),
                 adapter=str(folder / "adapter"))
     params = dict(max_new_tokens=max_new_tokens, canary_candidates=63, skip_base=True)

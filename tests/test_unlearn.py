@@ -242,13 +242,11 @@ def test_idk_refuses_plain_text_records(tiny_models, data_dir, tmp_path):
 
 
 def test_until_forgotten_stops_once_forget_looks_unseen(memorised, tmp_path):
-    from forgetkit.quickstart.run import QUICKSTART_UNLEARN
-
     # Room to spare: where the rule is met depends on the machine's floating-point reduction order
     # (CI once needed a 13th epoch at lr 3e-3), and a run that stops early costs only the epochs it ran.
     # lr 6e-3 stops after epoch 5 here (7 at 3e-3): each epoch costs a generation pass.
-    budget = 2 * QUICKSTART_UNLEARN.train.epochs
-    train = dataclasses.replace(QUICKSTART_UNLEARN.train, lr=6e-3, epochs=budget)
+    budget = 24
+    train = TrainConfig(lr=6e-3, epochs=budget, batch_size=4, micro_batch_size=4, seed=0)
     params = UnlearnParams(loss="ihl", train=train, until_forgotten=True)
     meta = run_unlearn(str(memorised / "model"), str(memorised / "forget.jsonl"), tmp_path / "out", params,
                        retain=str(memorised / "retain.jsonl"), holdout=str(memorised / "holdout.jsonl"))
