@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from forgetkit.adversary import AdversaryConfig
+from forgetkit.audit.verdict import VerdictThresholds
 from forgetkit.console import quiet_libraries
 from forgetkit.quickstart.run import ensure_quickstart_model
 from forgetkit.stages.audit import AuditParams, run_audit
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("epochs", type=int)
     parser.add_argument("--init", default=None)
     parser.add_argument("--rank", type=int, default=8, help="the adapter's rank without --init")
+    parser.add_argument("--target-auc-band", type=float, default=0.1,
+                        help="the stopping rule's MIA AUC band around 0.5 (the audit's stays 0.1)")
     parser.add_argument("--retain-micro-batch-size", type=int, default=4)
     parser.add_argument("--check-every", type=int, default=4)
     parser.add_argument("--null-space", type=float, default=None, help="unlearn --null-space (plain LoRA only)")
@@ -63,7 +66,8 @@ def main() -> None:
                           adversary=AdversaryConfig(args.adversary_steps, reset_every=args.adversary_reset,
                                                     weight=args.adversary_weight)),
         # The audit's own settings: 255 canary candidates, 48 new tokens.
-        target=TargetParams("holdout", None, args.check_every, 48, 255),
+        target=TargetParams("holdout", None, args.check_every, 48, 255,
+                            thresholds=VerdictThresholds(mia_auc_band=args.target_auc_band)),
     )
     started = time.perf_counter()
     meta = run_unlearn(model, forget, adapter, params, retain=retain, holdout=holdout, init=args.init)
@@ -80,7 +84,7 @@ def main() -> None:
     result = {
         "name": args.name, "loss": args.loss, "lr": args.lr, "epochs": args.epochs, "init": args.init,
         "null_space": args.null_space, "sam_rho": args.sam_rho, "relearn_rho": args.relearn_rho,
-        "rank": args.rank, "adversary": [args.adversary_steps, args.adversary_reset, args.adversary_weight], "params": params.loss_params,
+        "rank": args.rank, "target_auc_band": args.target_auc_band, "adversary": [args.adversary_steps, args.adversary_reset, args.adversary_weight], "params": params.loss_params,
         "stopped": target["stopped"], "kept_step": target["kept_step"],
         "unlearn_seconds": round(unlearned - started, 1), "audit_seconds": round(time.perf_counter() - unlearned, 1),
         "nll": {s: after["sets"][s]["summary"]["nll"] for s in sets},
