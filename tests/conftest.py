@@ -111,3 +111,24 @@ def memorised(tmp_path_factory) -> Path:
 
     cache = os.environ.get("FORGETKIT_CACHE")
     return ensure_quickstart_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def lora_off_zero(tiny_models, data_dir):
+    """The tiny Llama with a rank-4 LoRA on every linear layer, its A and B drawn at random (LoRA's B starts
+    at zero; a start off zero gives every weight a gradient): (loaded model, eight forget examples, the peft
+    model, its trainable weights by name, their starting values)."""
+    from forgetkit.adapters import build_peft_model, lora_config
+    from forgetkit.models import discover_targets, load_model
+    from forgetkit.stages.common import load_examples
+
+    loaded = load_model(str(tiny_models["llama"]))
+    examples = load_examples(str(data_dir / "forget_qa.jsonl"), loaded)[1][:8]
+    torch.manual_seed(0)
+    model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), 4, 8))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():
+            p.normal_(0, 0.05)
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    return loaded, examples, model, trainable, start

@@ -9,38 +9,25 @@ from forgetkit.adversary import AdversaryConfig, RelearningAdversary, attackable
 from forgetkit.data import collate
 from forgetkit.errors import ForgetkitError
 from forgetkit.losses.base import LossContext, logits_of, mean_nll
-from forgetkit.models import load_model
-from forgetkit.stages.common import load_examples
 from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
 from forgetkit.training import TrainConfig, train
 
 
-def _setup(tiny_models, data_dir):
-    from forgetkit.adapters import build_peft_model, lora_config
-    from forgetkit.models import discover_targets
-
-    loaded = load_model(str(tiny_models["llama"]))
-    examples = load_examples(str(data_dir / "forget_qa.jsonl"), loaded)[1][:8]
-    torch.manual_seed(0)
-    model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), 4, 8))
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for p in trainable.values():
-            p.normal_(0, 0.05)
-    pad = loaded.tokenizer.pad_token_id
-    return loaded, examples, model, trainable, lambda group: collate(group, pad)
+def _to_device(loaded):
+    return lambda group: collate(group, loaded.tokenizer.pad_token_id)
 
 
-def test_attacker_covers_every_linear_layer_but_the_head_and_the_adapter(tiny_models, data_dir):
-    _, _, model, _, _ = _setup(tiny_models, data_dir)
+def test_attacker_covers_every_linear_layer_but_the_head_and_the_adapter(lora_off_zero):
+    _, _, model, _, _ = lora_off_zero
     layers = attackable_linears(model)
     names = {id(m): n for n, m in model.named_modules()}
     assert len(layers) == 7 * model.config.num_hidden_layers  # q, k, v, o, gate, up, down per block
     assert all("lora_" not in names[id(m)] and m is not model.get_output_embeddings() for m in layers)
 
 
-def test_attacker_relearns_its_pool_leaves_the_adapter_alone_and_comes_off(tiny_models, data_dir):
-    _, examples, model, trainable, to_device = _setup(tiny_models, data_dir)
+def test_attacker_relearns_its_pool_leaves_the_adapter_alone_and_comes_off(lora_off_zero):
+    loaded, examples, model, trainable, _ = lora_off_zero
+    to_device = _to_device(loaded)
     model.eval()
     batch = to_device(examples)
     with torch.no_grad():
@@ -67,15 +54,15 @@ def test_attacker_relearns_its_pool_leaves_the_adapter_alone_and_comes_off(tiny_
     assert not any(layer._forward_hooks for layer in attackable_linears(model))
 
 
-def test_step_adds_the_gradient_under_the_attacker_on_records_outside_its_pool(tiny_models, data_dir):
+def test_step_adds_the_gradient_under_the_attacker_on_records_outside_its_pool(lora_off_zero):
     """One training step with --adversary-steps: AdamW's first step moves each weight by lr * g / (|g| + eps) where
     g = plain gradient + weight * gradient of the loss under the attacker (trained exactly as the trainer's
     own copy: same seed, same steps) on the forget records outside its pool."""
     from forgetkit.distributed import make_accelerator
     from forgetkit.plugins import load_loss
 
-    loaded, examples, model, trainable, to_device = _setup(tiny_models, data_dir)
-    start = {n: p.detach().clone() for n, p in trainable.items()}
+    loaded, examples, model, trainable, start = lora_off_zero
+    to_device = _to_device(loaded)
     loss, lr, weight = load_loss("ga"), 1e-2, 3.0
     adversary_config = AdversaryConfig(steps=3, lr=1e-2, pool=0.25, weight=weight, batch_size=4)
     model.train()

@@ -360,26 +360,7 @@ def test_unseen_truth_ratio_statistic_trains_through_the_stage(tiny_models, data
                     retain=str(data_dir / "retain_small.jsonl"), holdout=str(holdout))
 
 
-def _lora_started_off_zero(tiny_models, data_dir):
-    """The tiny Llama with a rank-4 LoRA on every linear layer, its A and B drawn at random (LoRA's B starts
-    at zero; a start off zero gives every weight a gradient), eight forget examples, and the starting weights."""
-    from forgetkit.adapters import build_peft_model, lora_config
-    from forgetkit.models import discover_targets
-    from forgetkit.stages.common import load_examples
-
-    loaded = load_model(str(tiny_models["llama"]))
-    examples = load_examples(str(data_dir / "forget_qa.jsonl"), loaded)[1][:8]
-    torch.manual_seed(0)
-    model = build_peft_model(loaded.model, lora_config(discover_targets(loaded.model, "all"), 4, 8))
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for p in trainable.values():
-            p.normal_(0, 0.05)
-    start = {n: p.detach().clone() for n, p in trainable.items()}
-    return loaded, examples, model, trainable, start
-
-
-def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(tiny_models, data_dir):
+def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(lora_off_zero):
     """--sam-rho: the step's gradient is taken at w + rho * g / |g| (g the plain gradient), then applied
     at w. AdamW's first step moves each weight by lr * g' / (|g'| + eps), so the result is checked
     against g' computed by hand, and differs from the plain step wherever g and g' disagree in sign."""
@@ -388,7 +369,7 @@ def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(tiny_models
     from forgetkit.plugins import load_loss
     from forgetkit.training import train
 
-    loaded, examples, model, trainable, start = _lora_started_off_zero(tiny_models, data_dir)
+    loaded, examples, model, trainable, start = lora_off_zero
     loss, rho, lr = load_loss("ga"), 0.5, 1e-2
     pad = loaded.tokenizer.pad_token_id
 
@@ -420,7 +401,7 @@ def test_sharpness_aware_step_uses_the_gradient_at_the_moved_weights(tiny_models
     assert flipped > 0  # so a plain step would have landed elsewhere
 
 
-def test_relearning_aware_step_uses_the_gradient_after_a_relearning_step(tiny_models, data_dir):
+def test_relearning_aware_step_uses_the_gradient_after_a_relearning_step(lora_off_zero):
     """--relearn-rho: the step's gradient is that of the unlearning loss at w - rho * h / |h|, h the
     gradient of the forget batch's mean NLL (a relearning step), applied at w. The loss here is not a
     function of the NLL alone, so h and its gradient point different ways; AdamW's first step moves each
@@ -437,7 +418,7 @@ def test_relearning_aware_step_uses_the_gradient_after_a_relearning_step(tiny_mo
             logits = logits_of(ctx.model, ctx.forget)
             return {"loss": -mean_nll(logits, ctx.forget["labels"]) + 0.05 * logits.square().mean()}
 
-    loaded, examples, model, trainable, start = _lora_started_off_zero(tiny_models, data_dir)
+    loaded, examples, model, trainable, start = lora_off_zero
     loss, rho, lr = AscentWithLogitPenalty(), 0.5, 1e-2
     batch = collate(examples, loaded.tokenizer.pad_token_id)
 
