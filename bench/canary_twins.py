@@ -67,7 +67,7 @@ def main() -> None:
                                                     weight=args.adversary_weight)),
         # The audit's own settings: 255 canary candidates, 48 new tokens.
         target=TargetParams("holdout", None, args.check_every, 48, 255,
-                            thresholds=VerdictThresholds(mia_auc_band=args.target_auc_band)),
+                            thresholds=VerdictThresholds(mia_auc_band=args.target_auc_band, alpha=1.0)),
     )
     started = time.perf_counter()
     meta = run_unlearn(model, forget, adapter, params, retain=retain, holdout=holdout, init=args.init)

@@ -152,6 +152,10 @@ def unlearn(
     target: Optional[str] = typer.Option(None, "--target", help="Stop at a forgetting target measured like the audit: holdout or reference."),
     reference_report: Optional[str] = typer.Option(None, "--reference-report", help="--target reference: the audit report of a retain-only model."),
     check_every: int = typer.Option(0, "--check-every", help="--target: optimiser steps between checks (0: each epoch)."),
+    target_patience: int = typer.Option(0, "--target-patience", help="--target: stop after this many checks in a row without "
+                                        "a better evaluation than the kept one (0: run every epoch)."),
+    target_auc_band: float = typer.Option(0.1, "--target-auc-band", help="--target: the MIA AUCs must lie within 0.5 +- this "
+                                          "(the audit's band is 0.1; less stops with headroom for the audit's attacks)."),
     target_tokens: int = typer.Option(32, "--target-max-new-tokens", help="--target: greedy answer length for ROUGE-L (as the audit's --max-new-tokens)."),
     retain_nll_rise: float = typer.Option(1.0, "--target-retain-nll-rise",
                                           help="--target with --retain: how far (nats) the retain answers' mean NLL may rise."),
@@ -181,11 +185,16 @@ def unlearn(
     """Make the model forget: train a LoRA adapter on the forget set, or (--method llmeraser) edit a
     fine-tuned LoRA adapter with influence functions to remove, correct or modify training records."""
     from forgetkit.adversary import AdversaryConfig
+    from forgetkit.audit.verdict import VerdictThresholds
     from forgetkit.plugins import parse_params
     from forgetkit.stages.unlearn import UnlearnParams, run_unlearn
     from forgetkit.stopping import TargetParams
     from forgetkit.training import TrainConfig
 
+    if target_patience < 0:
+        raise ForgetkitError(f"--target-patience {target_patience}: a number of checks, 0 or more")
+    if not 0 < target_auc_band <= 0.5:
+        raise ForgetkitError(f"--target-auc-band {target_auc_band}: a band around 0.5 lies in (0, 0.5]")
     if reference_report and target != "reference":
         raise ForgetkitError("--reference-report goes with --target reference")
     if method == "llmeraser":
@@ -216,7 +225,8 @@ def unlearn(
                                                     adversary_pool, adversary_weight)),
         until_forgotten=until_forgotten,
         target=TargetParams(target, reference_report, check_every, target_tokens, retain_nll_rise=retain_nll_rise,
-                            holdout_quality=holdout_quality) if target else None,
+                            holdout_quality=holdout_quality, patience=target_patience,
+                            thresholds=VerdictThresholds(mia_auc_band=target_auc_band, alpha=1.0)) if target else None,
         rewordings=train_rewordings,
         model_dtype=model_dtype,
         truncate=truncate,
@@ -279,6 +289,8 @@ def audit(
                                       help="part (train on some forget records, measure the rest) and/or related "
                                       "(train on reworded records, measure the set)."),
     seed: int = typer.Option(0, "--seed"),
+    significance: float = typer.Option(0.05, "--alpha", help="A check against the held-out control fails only when its gap "
+                                       "is beyond the margin and its p-value is at most this (1: the margin alone decides)."),
     include_examples: bool = typer.Option(False, "--include-examples", help="Put record text and answers in the report."),
     skip_base: bool = typer.Option(False, "--skip-base", help="With --adapter: audit only the unlearned model."),
     model_dtype: str = DTYPE,
@@ -288,16 +300,20 @@ def audit(
 ) -> None:
     """Extraction, TOFU and membership-inference metrics, attacks, a verdict, JSON/Markdown/HTML reports."""
     from forgetkit.audit.attacks import AttackParams, parse_budgets, parse_kinds
+    from forgetkit.audit.verdict import VerdictThresholds
     from forgetkit.stages.audit import AuditParams, run_audit
 
     if relearn_rank < 1:
         raise ForgetkitError(f"--relearn-rank {relearn_rank}: the attacker's LoRA rank must be at least 1")
+    if not 0 < significance <= 1:
+        raise ForgetkitError(f"--alpha {significance}: a significance level is in (0, 1]")
     params = AuditParams(
         suites=tuple(suite), attacks=tuple(attacks or ()), max_new_tokens=max_new_tokens, batch_size=batch_size,
         generation_batch_size=generation_batch_size, canary_candidates=canary_candidates,
         include_examples=include_examples, skip_base=skip_base, model_dtype=model_dtype, truncate=truncate,
         attack=AttackParams(relearn_budgets=parse_budgets(relearn_steps), relearn_lr=relearn_lr, relearn_rank=relearn_rank,
                             relearn_kinds=parse_kinds(relearn_kinds), samples=samples, seed=seed),
+        thresholds=VerdictThresholds(alpha=significance),
     )
     run_audit(model, output, params, forget=forget, retain=retain, holdout=holdout, real_authors=real_authors,
               world_facts=world_facts, adapter=adapter, reference=reference, reference_report=reference_report,

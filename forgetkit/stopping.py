@@ -56,7 +56,9 @@ class TargetParams:
     check_every: int = 0  # optimiser steps between checks; 0: at the end of each epoch
     max_new_tokens: int = 32  # greedy answers for ROUGE-L (the audit's --max-new-tokens)
     canary_candidates: int = 63
-    thresholds: VerdictThresholds = dataclasses.field(default_factory=VerdictThresholds)
+    # The audit's thresholds without its noise test (alpha 1): a stopping rule aims at the margins
+    # themselves; stopping where a gap first stops being significant would stop at the edge of the noise.
+    thresholds: VerdictThresholds = dataclasses.field(default_factory=lambda: VerdictThresholds(alpha=1.0))
     # With --retain: the retain answers' mean NLL may rise at most this much (nats) above the starting
     # model's, so a model that reaches the target by collapsing (NLL high on everything) never counts.
     retain_nll_rise: float = 1.0
@@ -65,6 +67,10 @@ class TargetParams:
     # perturbed answers, TOFU's format); ignored by --target reference, which has the real one. Off by
     # default: on the tiny TOFU bench it is met only well past the MIA band (BENCHMARKS.md).
     holdout_quality: bool = False
+    # Stop after this many checks in a row without a better evaluation than the kept one (0: run the whole
+    # budget). Past the target a forgetting loss only overshoots further (BENCHMARKS.md, the quickstart),
+    # so the rest of the budget would be spent on states that are never kept.
+    patience: int = 0
 
 
 HOLDOUT_QUALITY = "Forget Quality vs held-out"
@@ -127,6 +133,7 @@ class TargetMonitor:
             self.retain = whole.subset(list(range(min(params.retain_records, len(whole.records)))))
             self.retain_start = self.retain_nll()
         self.evaluations: list[dict[str, Any]] = []
+        self.reached = False
         self.best: dict[str, Any] | None = None
         self.best_state: list[torch.Tensor] | None = None
 
@@ -204,7 +211,12 @@ class TargetMonitor:
         failed = ", ".join(verdict["failed"]) or "none"
         console.print(f"step {step} (epoch {epoch}), {stage} check: failed {failed}")
         if reached:
+            self.reached = True
             return f"target '{self.params.name}' reached at step {step} (epoch {epoch}): every check held"
+        since_best = sum(e["step"] > self.best["step"] for e in self.evaluations)
+        if self.params.patience and since_best >= self.params.patience:
+            return (f"target not reached; no better evaluation in {since_best} checks after step {self.best['step']}, "
+                    f"stopped at step {step} and kept the best evaluation (step {self.best['step']})")
         return None
 
     def restore_best(self, last_step: int) -> bool:
@@ -231,7 +243,8 @@ class TargetMonitor:
                                 if self.holdout_ratios is not None else None),
             "retain_guard": ({"records": len(self.retain.records), "start_nll": self.retain_start,
                               "max_rise": self.params.retain_nll_rise} if self.retain is not None else None),
-            "reached": stopped is not None,
+            "reached": self.reached,
+            "patience": self.params.patience or None,
             "stopped": stopped or f"target not reached by step {last_step}; kept the best evaluation (step {best.get('step')})",
             "kept_step": best.get("step"),
             "restored_best": restored,

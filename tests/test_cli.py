@@ -158,6 +158,12 @@ def test_audit_bad_inputs_give_one_line_errors(tiny_models, tokenizer, data_dir,
                    r"unknown attack 'jailbreak'")
     one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--attacks", "relearn", "--relearn-rank", "0",
                                   check=False), r"--relearn-rank 0: the attacker's LoRA rank must be at least 1")
+    one_line_error(forgetkit_here("audit", llama, "--forget", forget, "--alpha", "0", check=False),
+                   r"--alpha 0.0: a significance level is in \(0, 1\]")
+    one_line_error(forgetkit_here("unlearn", llama, forget, "--holdout", holdout, "--target", "holdout",
+                                  "--target-auc-band", "0.7", "-o", tmp_path / "never", check=False),
+                   r"--target-auc-band 0.7: a band around 0.5 lies in \(0, 0.5\]")
+    assert not (tmp_path / "never").exists()
     (tmp_path / "secret.jsonl").write_text('{"question": "q?", "answer": "a", "secret": "123"}\n')
     one_line_error(forgetkit_here("audit", llama, "--forget", tmp_path / "secret.jsonl", check=False),
                    r"secret.jsonl:1: the secret does not occur in the record's answer or text")

@@ -21,8 +21,9 @@ RETAIN_GUARD = "retain NLL rise (nats)"
 TRAIN = TrainConfig(lr=3e-3, epochs=8, batch_size=4, micro_batch_size=4, seed=0)
 
 
-def _unlearn(memorised, out, thresholds, train=TRAIN, every=2):
-    params = UnlearnParams(loss="ihl", train=train, target=TargetParams("holdout", check_every=every, thresholds=thresholds))
+def _unlearn(memorised, out, thresholds, train=TRAIN, every=2, patience=0):
+    params = UnlearnParams(loss="ihl", train=train, target=TargetParams("holdout", check_every=every, thresholds=thresholds,
+                                                                        patience=patience))
     return run_unlearn(str(memorised / "model"), str(memorised / "forget.jsonl"), out, params,
                        retain=str(memorised / "retain.jsonl"), holdout=str(memorised / "holdout.jsonl"))
 
@@ -61,13 +62,16 @@ def test_target_not_reached_keeps_the_best_evaluation_not_the_last(memorised, tm
     # IHL at this step carries the MIA AUCs through 0.5 and out the other side, so the last state is not
     # the best one.
     unreachable = VerdictThresholds(exposure_margin_bits=-3.0, mia_auc_band=0.1)
-    train = TrainConfig(lr=6e-3, epochs=6, batch_size=4, micro_batch_size=4, seed=0)
-    meta = _unlearn(memorised, tmp_path / "adapter", unreachable, train=train, every=3)
+    train = TrainConfig(lr=6e-3, epochs=10, batch_size=4, micro_batch_size=4, seed=0)
+    # Patience 3: training ends three checks after the best one instead of running the 50-step budget.
+    meta = _unlearn(memorised, tmp_path / "adapter", unreachable, train=train, every=3, patience=3)
     target = meta.results["target"]
     assert not target["reached"] and target["restored_best"]
     kept = next(e for e in target["evaluations"] if e["step"] == target["kept_step"])
     last = target["evaluations"][-1]
     assert kept["step"] < last["step"] == meta.results["steps"]
+    assert last["step"] == kept["step"] + 3 * 3 < 50
+    assert target["stopped"].startswith(f"target not reached; no better evaluation in 3 checks after step {kept['step']}")
     assert len(kept["failed"]) <= len(last["failed"])
     # The written adapter is the kept state: measured again, it gives the kept evaluation's numbers.
     loaded = load_model(str(memorised / "model"))

@@ -7,12 +7,14 @@ from typing import Any
 
 from forgetkit.metrics import tofu
 from forgetkit.metrics.mia import SCORES, privleak, roc_auc, roc_curve
+from forgetkit.metrics.significance import auc_test
 
 MEMBER_SETS = ("forget", "retain")
 
 
 def membership(sets: dict[str, Any]) -> dict[str, Any]:
-    """AUC and ROC curve of each score, forget (and retain) records against held-out ones."""
+    """AUC, its two-sided test against 0.5 (``forgetkit.metrics.significance``) and ROC curve of each score, forget (and retain) records
+    against held-out ones."""
     holdout = sets.get("holdout")
     if holdout is None or "mia_loss" not in holdout["per_example"]:
         return {}
@@ -24,7 +26,8 @@ def membership(sets: dict[str, Any]) -> dict[str, Any]:
         for score in SCORES:
             members = sets[member]["per_example"][f"mia_{score}"]
             others = holdout["per_example"][f"mia_{score}"]
-            out[member][score] = {"auc": roc_auc(members, others), "roc": roc_curve(members, others)}
+            out[member][score] = {"auc": roc_auc(members, others), "test": auc_test(members, others),
+                                  "roc": roc_curve(members, others)}
     return out
 
 

@@ -47,10 +47,11 @@ def _blocks(report: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
     if verdict:
         blocks.append(("p", f"Verdict for **{audited}**: **{verdict['verdict'].upper()}**. Rule: {verdict['rule']}."))
         rows = [
-            (c["name"], c["kind"], c["value"], c["rule"], "skipped: " + c["skipped"] if c["skipped"] else ("pass" if c["passed"] else "FAIL"))
+            (c["name"], c["kind"], c["value"], c["rule"], c.get("p_value"),
+             "skipped: " + c["skipped"] if c["skipped"] else ("pass" if c["passed"] else "FAIL"))
             for c in verdict["checks"]
         ]
-        blocks.append(("table", ["check", "kind", "value", "threshold", "result"], rows))
+        blocks.append(("table", ["check", "kind", "value", "threshold", "p (gap is noise)", "result"], rows))
     model = report["base_model"]
     lines = [f"model `{model.get('model_id')}` (fingerprint {str(model.get('fingerprint'))[:16]})"]
     if report.get("adapter"):

@@ -116,10 +116,14 @@ def _audit_section(report: dict[str, Any] | None, report_sha: str | None) -> lis
     out.append(_table(["metric"] + variants, rows))
     if verdict:
         out += ["", "Checks behind the verdict:", "",
-                _table(["check", "value", "threshold", "result"],
-                       [[c["name"], c["value"], c["rule"],
+                _table(["check", "value", "threshold", "p (gap is noise)", "result"],
+                       [[c["name"], c["value"], c["rule"], c.get("p_value"),
                          ("skipped: " + c["skipped"]) if c["skipped"] else ("pass" if c["passed"] else "FAIL")]
                         for c in verdict["checks"]])]
+        noise = verdict.get("within_noise") or []
+        if noise:
+            out += ["", f"{len(noise)} check(s) passed although beyond the margin, because the gap is within sampling "
+                    f"noise at this set size: {', '.join(noise)}."]
     attacks = results[audited].get("attacks") or {}
     if attacks:
         out += ["", f"Attacks run: {', '.join(attacks)} (figures in `audit/report.md`)."]

@@ -304,5 +304,9 @@ def verdict_lines(results: dict[str, Any]) -> str:
         utility = (tofu.get("model_utility") or {}).get("value")
         if utility is not None:
             extra += f", Model Utility {utility:.4g}"
+        noise = verdict.get("within_noise") or []
+        if noise:
+            extra += (f"; {len(noise)} check{'s' if len(noise) > 1 else ''} beyond the margin but within sampling noise "
+                      "(more records would tell; see the report)")
         lines.append(f"{name}: [{colour}]{verdict['verdict']}[/]{failed}{extra}")
     return "\n".join(lines)

@@ -14,6 +14,11 @@ attack moves the forget set toward remembering, beyond what the same attack does
 
 for metrics where a higher value means more is remembered; a control that learns from a relearning
 step as much as the forget set does cancels out, a forget set that comes back faster does not.
+
+Beside each number the view keeps its p-value (``tests``, from the per-record values, which the report
+does not keep): the attacked forget level above the attacked control's, the recovery above zero (per-record
+changes, forget against control), and the attacked MIA AUCs away from 0.5; the verdict uses them to tell a
+gap from sampling noise (``forgetkit.metrics.significance``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from forgetkit.audit import aggregate
+from forgetkit.metrics.significance import change_excess_test, excess_test
 
 # Every per-set number the matrix shows (the audit's summary keys that exist for the sets measured).
 MATRIX_METRICS = ("rouge_l", "el5", "el10", "ma", "em", "es", "probability", "truth_ratio", "canary_exposure",
@@ -45,13 +51,29 @@ def view_result(attack: str, details: dict[str, Any], results: dict[str, tuple[d
     out: dict[str, Any] = {"attack": attack, "details": details}
     out["sets"] = {name: side(before, after) for name, (before, after) in results.items()}
     if "forget" in results and "holdout" in results:
-        out["mia"] = {
-            label: {score: value["auc"] for score, value in
-                    aggregate.membership({"forget": results["forget"][index], "holdout": results["holdout"][index]})
-                    .get("forget", {}).items() if score in MIA_SCORES}
-            for index, label in ((0, "unattacked"), (1, "attacked"))
-        }
+        memberships = [aggregate.membership({"forget": results["forget"][index], "holdout": results["holdout"][index]})
+                       .get("forget", {}) for index in (0, 1)]
+        out["mia"] = {label: {score: value["auc"] for score, value in membership.items() if score in MIA_SCORES}
+                      for label, membership in zip(("unattacked", "attacked"), memberships)}
+        out["tests"] = tests(results["forget"], results["holdout"])
+        out["tests"]["mia"] = {score: value["test"] for score, value in memberships[1].items() if score in MIA_SCORES}
     out["matrix"] = matrix(out["sets"])
+    return out
+
+
+def tests(forget: tuple[dict, dict], control: tuple[dict, dict]) -> dict[str, dict[str, dict | None]]:
+    """Tests (p-values, ``forgetkit.metrics.significance``) from the per-record values of (unattacked, attacked) evaluate_set results: the attacked
+    forget set above the attacked control ("attacked"), and its change above the control's ("recovery")."""
+    out: dict[str, dict[str, dict | None]] = {"attacked": {}, "recovery": {}}
+    f_before, f_after = forget[0]["per_example"], forget[1]["per_example"]
+    c_before, c_after = control[0]["per_example"], control[1]["per_example"]
+    for metric in REMEMBERING_METRICS + ("canary_exposure_low",):
+        if metric not in f_after or metric not in c_after:
+            continue
+        out["attacked"][metric] = excess_test(f_after[metric], c_after[metric])
+        if metric in REMEMBERING_METRICS and metric in f_before and metric in c_before:
+            out["recovery"][metric] = change_excess_test(f_before[metric], f_after[metric],
+                                                            c_before[metric], c_after[metric])
     return out
 
 
