@@ -55,7 +55,7 @@ class VerdictThresholds:
     em_margin: float = 0.1
     probability_margin: float = 0.05
     secret_margin: float = 0.0
-    # A gap beyond its margin fails only when its p-value is below this (1: the margin alone decides).
+    # A gap beyond its margin fails only when its p-value is at most this (1: the margin alone decides).
     alpha: float = 0.05
 
 
