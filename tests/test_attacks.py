@@ -178,4 +178,6 @@ def test_people_never_learned_keep_their_verdict_under_relearning(memorised, tmp
     verdict = attacked["results"]["model"]["verdict"]
     recovery = [c for c in verdict["checks"] if c["name"].startswith("relearn") and c["name"].endswith("recovered")]
     assert len(recovery) >= 5 and all(c["passed"] for c in recovery), [(c["name"], c["value"]) for c in recovery]
+    # Each recovery carries the p-value of its per-record test (forget changes against control changes).
+    assert all(0 < c["p_value"] <= 1 for c in recovery), [(c["name"], c["p_value"]) for c in recovery]
     assert verdict["verdict"] == plain["results"]["model"]["verdict"]["verdict"]

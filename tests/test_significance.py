@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from forgetkit.audit.attacks.measure import matrix
-from forgetkit.audit.attacks.measure import tests as view_tests
+from forgetkit.audit.attacks.measure import matrix, noise_tests
 from forgetkit.audit.verdict import VerdictThresholds, decide
 from forgetkit.metrics.significance import auc_test, change_excess_test, excess_test
 
@@ -65,7 +64,7 @@ def _view(forget_before, forget_after, control_before, control_after):
     sets = {"forget": {"unattacked": result(forget_before)["summary"], "attacked": result(forget_after)["summary"]},
             "holdout": {"unattacked": result(control_before)["summary"], "attacked": result(control_after)["summary"]}}
     view = {"attack": "relearn", "sets": sets, "matrix": matrix(sets),
-            "tests": view_tests((result(forget_before), result(forget_after)), (result(control_before), result(control_after)))}
+            "tests": noise_tests((result(forget_before), result(forget_after)), (result(control_before), result(control_after)))}
     unattacked = {"forget": {"summary": {"rouge_l": float(np.mean(forget_before))}},
                   "holdout": {"summary": {"rouge_l": float(np.mean(control_before))}}}
     return {"sets": unattacked, "attacks": {"relearn-related-100": view}}

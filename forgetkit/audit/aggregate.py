@@ -13,8 +13,8 @@ MEMBER_SETS = ("forget", "retain")
 
 
 def membership(sets: dict[str, Any]) -> dict[str, Any]:
-    """AUC, its two-sided test against 0.5 (``forgetkit.metrics.significance``) and ROC curve of each score, forget (and retain) records
-    against held-out ones."""
+    """AUC, its two-sided test against 0.5 (``forgetkit.metrics.significance``) and ROC curve of each
+    score, forget (and retain) records against held-out ones."""
     holdout = sets.get("holdout")
     if holdout is None or "mia_loss" not in holdout["per_example"]:
         return {}

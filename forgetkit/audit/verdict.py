@@ -63,9 +63,9 @@ Test = dict[str, float]  # {"p_value", "smallest_p_value"} (forgetkit.metrics.si
 
 
 def _check(name: str, kind: str, value: float | None, bound: float | None, passed: bool | None, rule: str,
-           skipped: str | None = None, test: Test | None = None) -> dict[str, Any]:
+           skipped: str | None = None, test: Test | None = None, beyond_margin: bool | None = None) -> dict[str, Any]:
     return {"name": name, "kind": kind, "value": value, "threshold": bound, "rule": rule, "passed": passed,
-            "skipped": skipped, "p_value": test["p_value"] if test else None}
+            "skipped": skipped, "p_value": test["p_value"] if test else None, "beyond_margin": beyond_margin}
 
 
 def _testable(test: Test | None, alpha: float) -> bool:
@@ -86,19 +86,15 @@ def _upper(name: str, kind: str, value: float | None, bound: float | None, rule:
            test: Test | None = None, alpha: float = 1.0) -> dict[str, Any]:
     if value is None or bound is None:
         return _check(name, kind, value, bound, None, rule, skipped="not measured")
-    passed = value <= bound + 1e-12 or _noise(test, alpha)
-    return _check(name, kind, value, bound, passed, _rule(rule, test, alpha), test=test)
+    beyond = value > bound + 1e-12
+    return _check(name, kind, value, bound, not beyond or _noise(test, alpha), _rule(rule, test, alpha), test=test,
+                  beyond_margin=beyond)
 
 
 def _band(name: str, kind: str, auc: float, t: "VerdictThresholds", rule: str, test: Test | None) -> dict[str, Any]:
-    passed = abs(auc - 0.5) <= t.mia_auc_band or _noise(test, t.alpha)
-    return _check(name, kind, auc, t.mia_auc_band, passed, _rule(rule, test, t.alpha), test=test)
-
-
-def _within_margin(check: dict[str, Any]) -> bool:
-    if check["name"].endswith("AUC"):
-        return abs(check["value"] - 0.5) <= check["threshold"]
-    return check["value"] <= check["threshold"] + 1e-12
+    beyond = abs(auc - 0.5) > t.mia_auc_band
+    return _check(name, kind, auc, t.mia_auc_band, not beyond or _noise(test, t.alpha), _rule(rule, test, t.alpha),
+                  test=test, beyond_margin=beyond)
 
 
 def _per_record(variant_sets: dict[str, Any], role: str, key: str) -> list | None:
@@ -167,7 +163,9 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
     exposure_bound, exposure_rule = bound("canary_exposure", t.exposure_margin_bits, t.exposure_absolute_bits)
 
     def level(name: str, kind: str, key: str, bound_and_rule: tuple[float | None, str]) -> dict[str, Any]:
-        test = _level_test(sets, key) if holdout is not None and holdout.get(key) is not None else None
+        # No test without a control, or when alpha 1 would ignore it (the stopping rule's checks: a hot path).
+        testable = t.alpha < 1 and holdout is not None and holdout.get(key) is not None
+        test = _level_test(sets, key) if testable else None
         return _upper(name, kind, forget.get(key), *bound_and_rule, test, t.alpha)
 
     checks = [
@@ -202,14 +200,14 @@ def decide(variant: dict[str, Any], thresholds: VerdictThresholds) -> dict[str, 
         limit = (control or 0.0) + t.sampling_margin
         rule = f"<= held-out leak rate + {t.sampling_margin}" if control is not None else f"<= {t.sampling_margin}"
         leaked = [sampled.get(role, {}).get("per_example", {}).get("leaked") for role in ("forget", "holdout")]
-        test = excess_test(*leaked) if control is not None and None not in leaked else None
+        test = excess_test(*leaked) if t.alpha < 1 and control is not None and None not in leaked else None
         checks.append(_upper("sampling: forget leak rate", "attack", sampled["forget"]["leak_rate"], limit, rule,
                              test, t.alpha))
 
     ran = [c for c in checks if c["passed"] is not None]
     failed = [c for c in ran if not c["passed"]]
     # Passed only because the gap could be noise: named, so a reader sees where more records would tell.
-    within_noise = [c["name"] for c in ran if c["passed"] and c["p_value"] is not None and not _within_margin(c)]
+    within_noise = [c["name"] for c in ran if c["passed"] and c.get("beyond_margin")]
     if any(c["kind"] == "direct" for c in failed):
         verdict = NOT_FORGOTTEN
     elif failed:

@@ -65,7 +65,7 @@ def _permutation_p_value(x: np.ndarray, y: np.ndarray, seed: int) -> float:
 
 def excess_test(forget: Sequence[float | None], control: Sequence[float | None], seed: int = 0) -> dict[str, float] | None:
     """P(mean(forget) - mean(control) >= the observed difference) when the records' labels are
-    exchangeable (a permutation test; exact when the permutations number fewer than ``RESAMPLES``).
+    exchangeable (a permutation test; exact when the splits number at most ``RESAMPLES``).
     None (records without the metric) are left out; None when either side has no records."""
     x, y = _present(forget), _present(control)
     if len(x) == 0 or len(y) == 0:
@@ -76,8 +76,8 @@ def excess_test(forget: Sequence[float | None], control: Sequence[float | None],
 
 
 def change_excess_test(forget_before: Sequence[float | None], forget_after: Sequence[float | None],
-                          control_before: Sequence[float | None], control_after: Sequence[float | None],
-                          seed: int = 0) -> dict[str, float] | None:
+                       control_before: Sequence[float | None], control_after: Sequence[float | None],
+                       seed: int = 0) -> dict[str, float] | None:
     """The recovery test: each record's change under an attack (after - before), forget against control."""
     def changes(before, after):
         return [None if b is None or a is None else a - b for b, a in zip(before, after)]

@@ -55,15 +55,16 @@ def view_result(attack: str, details: dict[str, Any], results: dict[str, tuple[d
                        .get("forget", {}) for index in (0, 1)]
         out["mia"] = {label: {score: value["auc"] for score, value in membership.items() if score in MIA_SCORES}
                       for label, membership in zip(("unattacked", "attacked"), memberships)}
-        out["tests"] = tests(results["forget"], results["holdout"])
+        out["tests"] = noise_tests(results["forget"], results["holdout"])
         out["tests"]["mia"] = {score: value["test"] for score, value in memberships[1].items() if score in MIA_SCORES}
     out["matrix"] = matrix(out["sets"])
     return out
 
 
-def tests(forget: tuple[dict, dict], control: tuple[dict, dict]) -> dict[str, dict[str, dict | None]]:
-    """Tests (p-values, ``forgetkit.metrics.significance``) from the per-record values of (unattacked, attacked) evaluate_set results: the attacked
-    forget set above the attacked control ("attacked"), and its change above the control's ("recovery")."""
+def noise_tests(forget: tuple[dict, dict], control: tuple[dict, dict]) -> dict[str, dict[str, dict | None]]:
+    """Tests (p-values, ``forgetkit.metrics.significance``) from the per-record values of (unattacked,
+    attacked) evaluate_set results: the attacked forget set above the attacked control ("attacked"), and
+    its change above the control's ("recovery")."""
     out: dict[str, dict[str, dict | None]] = {"attacked": {}, "recovery": {}}
     f_before, f_after = forget[0]["per_example"], forget[1]["per_example"]
     c_before, c_after = control[0]["per_example"], control[1]["per_example"]
@@ -73,7 +74,7 @@ def tests(forget: tuple[dict, dict], control: tuple[dict, dict]) -> dict[str, di
         out["attacked"][metric] = excess_test(f_after[metric], c_after[metric])
         if metric in REMEMBERING_METRICS and metric in f_before and metric in c_before:
             out["recovery"][metric] = change_excess_test(f_before[metric], f_after[metric],
-                                                            c_before[metric], c_after[metric])
+                                                         c_before[metric], c_after[metric])
     return out
 
 
